@@ -1,0 +1,141 @@
+"""``dinomix_demo``: the whole nnU-Net workflow on the synthetic phantom, plain nnU-Net against Mean Teacher.
+
+Steps, each a real command a user would run:
+generate phantom -> nnUNetv2_plan_and_preprocess -> dinomix_plans_preset (tiny CPU network) ->
+dinomix_preprocess_unlabeled -> nnUNetv2_train (nnUNetTrainerBudget, nnUNetTrainerMeanTeacherBudget; the same
+labeled cases, the same iterations) -> nnUNetv2_predict on the test images -> nnUNetv2_evaluate_folder ->
+per-class Dice table (markdown, CSV, PNG).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from nnunet_dinomix import discovery
+from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, write_phantom_dataset
+from nnunet_dinomix.phantom.generator import LABELS
+
+DATASET_ID = 990
+DATASET_NAME = "DinoMixPhantom"
+PLANS = "nnUNetPlansTinyCPU"
+CONFIGURATION = "3d_fullres"
+TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget")
+# default budget: 8 epochs x 20 iterations; --long: 40 x 50
+DEFAULT_BUDGET = (8, 20)
+LONG_BUDGET = (40, 50)
+
+
+def _env(workdir: str, device: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
+               nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
+               nnUNet_results=os.path.join(workdir, "nnUNet_results"))
+    if device == "cpu":
+        env.setdefault("nnUNet_compile", "0")
+    env.setdefault("nnUNet_def_n_proc", "2")
+    trainer_dirs = [p for p in env.get(discovery.ENV, "").split(os.pathsep) if p]
+    if discovery.trainer_dir() not in trainer_dirs:
+        env[discovery.ENV] = os.pathsep.join(trainer_dirs + [discovery.trainer_dir()])
+    return env
+
+
+def _bin(name: str) -> str:
+    """A console script next to this interpreter (the venv's), falling back to PATH."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.isfile(candidate) else name
+
+
+def run(cmd: Sequence[str], env: Dict[str, str], log_file: Optional[str] = None) -> None:
+    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    start = time.time()
+    if log_file is None:
+        result = subprocess.run(list(cmd), env=env)
+    else:
+        with open(log_file, "w") as log:
+            result = subprocess.run(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        hint = f" (output in {log_file})" if log_file else ""
+        raise SystemExit(f"command failed with exit code {result.returncode}{hint}: {' '.join(cmd)}")
+    print(f"  done in {time.time() - start:.0f} s", flush=True)
+
+
+def train_predict_evaluate(trainer: str, workdir: str, env: Dict[str, str], device: str, fold: str = "all") -> str:
+    raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET_ID, DATASET_NAME))
+    logs = os.path.join(workdir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0"))
+    run([_bin("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, fold, "-tr", trainer, "-p", PLANS,
+         "-device", device], train_env, os.path.join(logs, f"train_{trainer}.log"))
+    prediction = os.path.join(workdir, "predictions", trainer)
+    run([_bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d", str(DATASET_ID),
+         "-c", CONFIGURATION, "-f", fold, "-tr", trainer, "-p", PLANS, "-device", device, "--disable_tta",
+         "-npp", "1", "-nps", "1"], env, os.path.join(logs, f"predict_{trainer}.log"))
+    plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET_ID, DATASET_NAME),
+                              PLANS + ".json")
+    run([_bin("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction,
+         "-djfile", os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], env,
+        os.path.join(logs, f"evaluate_{trainer}.log"))
+    return os.path.join(prediction, "summary.json")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="dinomix_demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", default="demo_output", help="work folder [default: ./demo_output]")
+    parser.add_argument("--long", action="store_true",
+                        help=f"train {LONG_BUDGET[0]}x{LONG_BUDGET[1]} iterations instead of "
+                             f"{DEFAULT_BUDGET[0]}x{DEFAULT_BUDGET[1]}")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--seed", type=int, default=0, help="phantom seed")
+    args = parser.parse_args(argv)
+
+    workdir = os.path.abspath(args.output)
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        print(f"ERROR: {workdir} is not empty. Nothing was changed; choose another folder with -o or remove it.",
+              file=sys.stderr)
+        return 1
+    epochs, iterations = LONG_BUDGET if args.long else DEFAULT_BUDGET
+    epochs, iterations = args.epochs or epochs, args.iterations or iterations
+    env = _env(workdir, args.device)
+    env.update(DINOMIX_NUM_EPOCHS=str(epochs), DINOMIX_ITERATIONS_PER_EPOCH=str(iterations),
+               DINOMIX_VAL_ITERATIONS_PER_EPOCH="2")
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[k], exist_ok=True)
+    start = time.time()
+
+    print(f"[1/6] Generating the phantom dataset in {env['nnUNet_raw']}", flush=True)
+    write_phantom_dataset(env["nnUNet_raw"], DATASET_ID, DATASET_NAME, PhantomSplit(), seed=args.seed)
+    print("[2/6] nnU-Net planning and preprocessing", flush=True)
+    # nnU-Net 2.8.1's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+    plan_env = dict(env, nnUNet_n_proc_DA="2")
+    run([_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "2"], plan_env,
+        os.path.join(workdir, "plan_and_preprocess.log"))
+    print("[3/6] Tiny CPU plans and the unlabeled pool", flush=True)
+    run([_bin("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", "tiny_cpu"], env)
+    run([_bin("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", PLANS, "-np", "2"], env)
+
+    summaries = {}
+    for i, trainer in enumerate(TRAINERS):
+        print(f"[{4 + i}/6] {trainer}: {epochs} epochs x {iterations} iterations, predict, evaluate", flush=True)
+        summaries[trainer] = train_predict_evaluate(trainer, workdir, env, args.device)
+
+    from nnunet_dinomix.report import load_summary, to_markdown, dice_rows, write_report
+    print("[6/6] Report", flush=True)
+    loaded = {t: load_summary(p) for t, p in summaries.items()}
+    title = (f"Phantom test set, per-class Dice (%), {epochs}x{iterations} iterations, 4 labeled + 16 unlabeled "
+             f"cases, seed {args.seed}")
+    paths = write_report(loaded, LABELS, os.path.join(workdir, "report"), title=title)
+    print(to_markdown(dice_rows(loaded, LABELS), list(loaded)))
+    print(f"Report: {paths['md']}, {paths['csv']}, {paths['png']}")
+    print(f"Total time: {(time.time() - start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""How nnU-Net finds this package's trainers: ``nnUNet_extTrainer`` pointing at the shipped shim folder."""
+from __future__ import annotations
+
+import os
+from typing import List
+
+ENV = "nnUNet_extTrainer"
+TRAINERS = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerBudget")
+
+
+def trainer_dir() -> str:
+    """Installed location of the shim folder (the repository's ``trainers/``)."""
+    import nnunet_dinomix.ext_trainers as shims
+    return os.path.dirname(os.path.abspath(shims.__file__))
+
+
+def ext_trainer_dirs() -> List[str]:
+    return [p for p in os.environ.get(ENV, "").split(os.pathsep) if p]
+
+
+def is_registered() -> bool:
+    target = os.path.realpath(trainer_dir())
+    return any(os.path.realpath(p) == target for p in ext_trainer_dirs())
+
+
+def register_in_environment() -> None:
+    """Add the shim folder to ``nnUNet_extTrainer`` of this process (and the processes it starts)."""
+    if not is_registered():
+        os.environ[ENV] = os.pathsep.join(ext_trainer_dirs() + [trainer_dir()])
+
+
+def print_trainer_dir() -> None:
+    """``dinomix_trainer_dir``: use as ``export nnUNet_extTrainer=$(dinomix_trainer_dir)``."""
+    print(trainer_dir())

@@ -1,0 +1,38 @@
+"""Where nnunet-dinomix keeps things, next to nnU-Net's own folders (which it never writes into).
+
+* raw unlabeled images: ``nnUNet_raw/DatasetXXX_Name/imagesUnlabeled/`` (or any folder given on the command
+  line), named like ``imagesTr``: ``{case}_{channel:04d}{file_ending}``;
+* the preprocessed pool: ``nnUNet_preprocessed/DatasetXXX_Name/{data_identifier}_unlabeled/``, a sibling of
+  nnU-Net's ``{data_identifier}/`` (which ``nnUNetv2_preprocess`` deletes and rewrites, so the pool must not
+  live inside it), plus a manifest ``{data_identifier}_unlabeled.json`` beside it. The manifest is outside the
+  pool folder because nnU-Net's ``infer_dataset_class`` insists on one data file ending per folder.
+"""
+from __future__ import annotations
+
+import os
+
+UNLABELED_RAW_FOLDER = "imagesUnlabeled"
+POOL_SUFFIX = "_unlabeled"
+MANIFEST_NAME_SUFFIX = POOL_SUFFIX + ".json"
+
+
+def pool_folder(preprocessed_dataset_folder: str, data_identifier: str) -> str:
+    return os.path.join(preprocessed_dataset_folder, data_identifier + POOL_SUFFIX)
+
+
+def manifest_file(preprocessed_dataset_folder: str, data_identifier: str) -> str:
+    return os.path.join(preprocessed_dataset_folder, data_identifier + MANIFEST_NAME_SUFFIX)
+
+
+def default_unlabeled_raw_folder(raw_dataset_folder: str) -> str:
+    return os.path.join(raw_dataset_folder, UNLABELED_RAW_FOLDER)
+
+
+def require_env(name: str) -> str:
+    """Return an nnU-Net path variable or fail with the fix, as nnU-Net users expect."""
+    value = os.environ.get(name)
+    if not value:
+        raise EnvironmentError(
+            f"{name} is not set. nnU-Net and nnunet-dinomix need nnUNet_raw, nnUNet_preprocessed and nnUNet_results; "
+            f"see nnU-Net's documentation/set_environment_variables.md.")
+    return value

@@ -1,0 +1,1 @@
+"""Semi-supervised building blocks that need torch only, not nnU-Net: EMA, losses, schedules, perturbations."""

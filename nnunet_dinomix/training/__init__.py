@@ -1,0 +1,1 @@
+"""nnU-Net trainers. Import the classes from the submodules; nothing heavy is imported here."""

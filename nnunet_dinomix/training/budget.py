@@ -1,0 +1,52 @@
+"""Trainers whose training length comes from environment variables, for demos, tests and benchmarks.
+
+nnU-Net fixes the schedule in ``__init__`` (1000 epochs of 250 iterations) and its trainers take no extra
+arguments, so short runs are trainer variants (``nnUNetTrainer_5epochs`` and friends). These variants read:
+
+* ``DINOMIX_NUM_EPOCHS`` (nnU-Net default 1000)
+* ``DINOMIX_ITERATIONS_PER_EPOCH`` (250)
+* ``DINOMIX_VAL_ITERATIONS_PER_EPOCH`` (50)
+
+and are otherwise identical to their parent, so ``nnUNetTrainerBudget`` is the plain nnU-Net baseline.
+Prediction does not read the variables (the trainer is never instantiated by ``nnUNetv2_predict``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher
+
+_ENV = {
+    "num_epochs": "DINOMIX_NUM_EPOCHS",
+    "num_iterations_per_epoch": "DINOMIX_ITERATIONS_PER_EPOCH",
+    "num_val_iterations_per_epoch": "DINOMIX_VAL_ITERATIONS_PER_EPOCH",
+}
+
+
+def apply_budget_from_env(trainer) -> None:
+    for attribute, variable in _ENV.items():
+        value = os.environ.get(variable)
+        if value is None:
+            continue
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{variable} must be a positive integer, got {value!r}")
+        setattr(trainer, attribute, int(value))
+    trainer.print_to_log_file(f"Training length: {trainer.num_epochs} epochs x {trainer.num_iterations_per_epoch} "
+                              f"iterations ({trainer.num_val_iterations_per_epoch} validation iterations per epoch)")
+
+
+class nnUNetTrainerBudget(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        apply_budget_from_env(self)
+
+
+class nnUNetTrainerMeanTeacherBudget(nnUNetTrainerMeanTeacher):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        apply_budget_from_env(self)

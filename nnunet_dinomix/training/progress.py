@@ -1,0 +1,84 @@
+"""nnU-Net's per-epoch logger, extended with the semi-supervised curves.
+
+nnU-Net's ``LocalLogger`` accepts only its predefined keys and draws a fixed ``progress.png``. This subclass
+registers extra per-epoch keys and draws nnU-Net's three panels plus one for the semi-supervised terms.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Sequence
+
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+
+class SemiSupervisedLocalLogger(LocalLogger):
+    def __init__(self, extra_keys: Sequence[str], verbose: bool = False):
+        super().__init__(verbose)
+        self.extra_keys = tuple(extra_keys)
+        for k in self.extra_keys:
+            self.my_fantastic_logging[k] = []
+
+    def load_checkpoint(self, checkpoint: dict):
+        # a checkpoint from before a key existed gets that key back-filled, so the plot keeps working
+        n = len(checkpoint.get("train_losses", []))
+        for k in self.extra_keys:
+            checkpoint.setdefault(k, [float("nan")] * n)
+        super().load_checkpoint(checkpoint)
+
+    def plot_progress_png(self, output_folder):
+        import matplotlib
+        matplotlib.use("agg")
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+
+        log: Dict[str, list] = self.my_fantastic_logging
+        epochs = min(len(v) for v in log.values())
+        x = list(range(epochs))
+        sns.set(font_scale=2.5)
+        fig, axes = plt.subplots(4, 1, figsize=(30, 72))
+
+        ax = axes[0]
+        ax2 = ax.twinx()
+        ax.plot(x, log["train_losses"][:epochs], color="b", ls="-", label="loss_tr (total)", linewidth=4)
+        ax.plot(x, log["val_losses"][:epochs], color="r", ls="-", label="loss_val", linewidth=4)
+        if "train_loss_sup" in log:
+            ax.plot(x, log["train_loss_sup"][:epochs], color="b", ls="--", label="loss_tr supervised", linewidth=3)
+        ax2.plot(x, log["mean_fg_dice"][:epochs], color="g", ls="dotted", label="pseudo dice", linewidth=3)
+        ax2.plot(x, log["ema_fg_dice"][:epochs], color="g", ls="-", label="pseudo dice (mov. avg.)", linewidth=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax2.set_ylabel("pseudo dice")
+        ax.legend(loc=(0, 1))
+        ax2.legend(loc=(0.2, 1))
+
+        ax = axes[1]
+        durations = [e - s for s, e in zip(log["epoch_start_timestamps"][:epochs], log["epoch_end_timestamps"][:epochs])]
+        ax.plot(x, durations, color="b", ls="-", label="epoch duration", linewidth=4)
+        ax.set(ylim=[0, ax.get_ylim()[1]])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("time [s]")
+        ax.legend(loc=(0, 1))
+
+        ax = axes[2]
+        ax.plot(x, log["lrs"][:epochs], color="b", ls="-", label="learning rate", linewidth=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        ax.legend(loc=(0, 1))
+
+        ax = axes[3]
+        ax2 = ax.twinx()
+        styles = {"train_loss_unsup": ("m", "-", ax), "unsup_weight": ("k", "--", ax2),
+                  "confident_fraction": ("c", "dotted", ax2)}
+        for key in self.extra_keys:
+            if key in styles:
+                color, ls, target = styles[key]
+                target.plot(x, log[key][:epochs], color=color, ls=ls, label=key, linewidth=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("unsupervised loss")
+        ax2.set_ylabel("weight / fraction")
+        ax.legend(loc=(0, 1))
+        ax2.legend(loc=(0.3, 1))
+
+        plt.tight_layout()
+        fig.savefig(os.path.join(output_folder, "progress.png"))
+        plt.close(fig)

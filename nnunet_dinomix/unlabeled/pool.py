@@ -1,0 +1,118 @@
+"""The preprocessed unlabeled pool: its manifest, its freshness against the plans, and access for training.
+
+The manifest is the only record of which cases are complete. A case enters it after all three of its files
+(``.b2nd``, ``_seg.b2nd``, ``.pkl``) are in place, and training reads only the cases it lists, so an
+interrupted preprocessing run can never feed a half-written case to the trainer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+from nnunet_dinomix import paths
+from nnunet_dinomix.errors import DinoMixError
+
+MANIFEST_FORMAT = 1
+
+# Everything in the plans that changes what DefaultPreprocessor.run_case produces. Network topology, patch and
+# batch size are left out on purpose: plans that only change the architecture share the preprocessed data.
+_CONFIGURATION_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes",
+                       "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs",
+                       "resampling_fn_seg", "resampling_fn_seg_kwargs")
+_PLANS_KEYS = ("transpose_forward", "foreground_intensity_properties_per_channel", "image_reader_writer")
+
+
+def preprocessing_fingerprint(plans: dict, configuration: str, dataset_json: dict) -> str:
+    """A hash of the plans content that determines the preprocessed images of ``configuration``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    resolved = PlansManager(plans).get_configuration(configuration).configuration  # follows inherits_from
+    relevant = {k: resolved.get(k) for k in _CONFIGURATION_KEYS}
+    relevant.update({k: plans.get(k) for k in _PLANS_KEYS})
+    relevant["channel_names"] = dataset_json.get("channel_names", dataset_json.get("modality"))
+    relevant["file_ending"] = dataset_json.get("file_ending")
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    configuration: str
+    plans_identifier: str
+    data_identifier: str
+    preprocessing_fingerprint: str
+    source_folder: str
+    cases: Dict[str, dict] = field(default_factory=dict)
+    updated: str = ""
+    format: int = MANIFEST_FORMAT
+
+    @classmethod
+    def load(cls, path: str) -> Optional["Manifest"]:
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            content = json.load(f)
+        if content.get("format") != MANIFEST_FORMAT:
+            raise DinoMixError(f"{path} was written by an incompatible nnunet-dinomix version (format "
+                               f"{content.get('format')}, expected {MANIFEST_FORMAT}). Re-run "
+                               f"dinomix_preprocess_unlabeled for this dataset.")
+        return cls(**content)
+
+    def save(self, path: str) -> None:
+        """Write atomically: a crash leaves the previous manifest, never a truncated one."""
+        self.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".manifest", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.__dict__, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class UnlabeledPool:
+    folder: str
+    identifiers: List[str]
+    manifest: Manifest
+
+    def dataset(self):
+        """The pool as nnU-Net's own dataset class (the files are in nnU-Net's blosc2 format)."""
+        from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+        return nnUNetDatasetBlosc2(self.folder, list(self.identifiers))
+
+
+def _preprocess_hint(dataset_name: str, configuration: str, plans_identifier: str) -> str:
+    dataset_id = dataset_name[len("Dataset"):len("Dataset") + 3] if dataset_name.startswith("Dataset") else dataset_name
+    plans = "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"
+    return f"dinomix_preprocess_unlabeled -d {dataset_id} -c {configuration}{plans}"
+
+
+def open_pool(preprocessed_dataset_folder: str, plans: dict, configuration: str, dataset_json: dict,
+              plans_identifier: str) -> UnlabeledPool:
+    """The pool for a trainer's plans and configuration, or a :class:`DinoMixError` saying how to make it."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    data_identifier = PlansManager(plans).get_configuration(configuration).data_identifier
+    dataset_name = os.path.basename(os.path.normpath(preprocessed_dataset_folder))
+    hint = _preprocess_hint(dataset_name, configuration, plans_identifier)
+    manifest_path = paths.manifest_file(preprocessed_dataset_folder, data_identifier)
+    manifest = Manifest.load(manifest_path)
+    if manifest is None:
+        raise DinoMixError(
+            f"No unlabeled pool for {dataset_name} ({configuration}, data identifier {data_identifier}): "
+            f"{manifest_path} does not exist. Put unlabeled images in nnUNet_raw/{dataset_name}/"
+            f"{paths.UNLABELED_RAW_FOLDER}/ and run:\n    {hint}")
+    expected = preprocessing_fingerprint(plans, configuration, dataset_json)
+    if manifest.preprocessing_fingerprint != expected:
+        raise DinoMixError(
+            f"The unlabeled pool {paths.pool_folder(preprocessed_dataset_folder, data_identifier)} is stale: it was "
+            f"preprocessed with other plans (fingerprint {manifest.preprocessing_fingerprint}, plans now give "
+            f"{expected}; spacing, normalisation or intensity statistics changed, e.g. after re-running "
+            f"nnUNetv2_plan_and_preprocess). Training on it would mix two preprocessings. Rebuild it with:\n"
+            f"    {hint}")
+    folder = paths.pool_folder(preprocessed_dataset_folder, data_identifier)
+    identifiers = sorted(k for k in manifest.cases if os.path.isfile(os.path.join(folder, k + ".b2nd")))
+    if not identifiers:
+        raise DinoMixError(f"The unlabeled pool {folder} has no complete case. Run:\n    {hint}")
+    return UnlabeledPool(folder, identifiers, manifest)

@@ -1,0 +1,266 @@
+"""Preprocess unlabeled images with a dataset's existing plans, exactly as nnU-Net preprocesses its training data.
+
+Each case goes through the configuration's own preprocessor (``DefaultPreprocessor.run_case_npy`` with no
+segmentation: transpose, crop to nonzero, normalise with the labeled fingerprint's intensity statistics,
+resample to the target spacing) and is saved in nnU-Net's blosc2 format with an empty ``class_locations``.
+Nothing of nnU-Net's (plans, fingerprint, splits, preprocessed folders) is modified.
+
+Resumable: a case is written to ``<pool>/.staging/`` first, moved into the pool data file last, and only then
+recorded in the manifest. A re-run skips cases whose source files are unchanged.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from nnunet_dinomix import paths
+from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.unlabeled.pool import Manifest, preprocessing_fingerprint
+
+STAGING = ".staging"
+# an unlabeled case whose spacing lies beyond [min / f, max * f] of the labeled cases along an axis is refused
+SPACING_TOLERANCE_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Case:
+    identifier: str
+    files: Tuple[str, ...]
+
+    def signature(self) -> List[List[int]]:
+        """Size and modification time of each file: enough to notice a replaced image."""
+        return [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in self.files]
+
+
+def find_cases(folder: str, file_ending: str, num_channels: int) -> List[Case]:
+    """Group ``{case}_{XXXX}{file_ending}`` files into cases; every problem found is reported at once."""
+    if not os.path.isdir(folder):
+        raise DinoMixError(f"Unlabeled image folder {folder} does not exist. Create it and put the unlabeled images "
+                           f"there, named like imagesTr: CASE_0000{file_ending}" +
+                           (", CASE_0001 ..." if num_channels > 1 else "") + ".")
+    entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
+    problems, channels = [], {}
+    for entry in entries:
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path):
+            problems.append(f"{entry}: is a folder; only image files belong here")
+            continue
+        m = pattern.match(entry)
+        if m is None:
+            reason = (f"does not end with the dataset's file ending {file_ending}" if not entry.endswith(file_ending)
+                      else "lacks the _XXXX channel suffix (CASE_0000" + file_ending + ")")
+            problems.append(f"{entry}: {reason}")
+            continue
+        channels.setdefault(m.group(1), {})[int(m.group(2))] = path
+    cases = []
+    for identifier, by_channel in sorted(channels.items()):
+        if sorted(by_channel) != list(range(num_channels)):
+            expected = ", ".join(f"{identifier}_{c:04d}{file_ending}" for c in range(num_channels))
+            found = ", ".join(os.path.basename(by_channel[c]) for c in sorted(by_channel))
+            problems.append(f"case {identifier}: the dataset has {num_channels} channel(s), expected {expected}; "
+                            f"found {found}")
+            continue
+        cases.append(Case(identifier, tuple(by_channel[c] for c in range(num_channels))))
+    if problems:
+        raise DinoMixError(f"{len(problems)} problem(s) in {folder}:\n  " + "\n  ".join(problems) +
+                           "\nRename or remove these files and run again.")
+    if not cases:
+        raise DinoMixError(f"{folder} holds no unlabeled images. Put images named CASE_0000{file_ending} there "
+                           f"(same channels and file ending as imagesTr) and run again.")
+    return cases
+
+
+def spacing_bounds(fingerprint: dict, transpose_forward: Sequence[int]) -> Optional[np.ndarray]:
+    """Per-axis [min, max] of the labeled cases' spacings, in the reader's axis order (before transpose)."""
+    spacings = fingerprint.get("spacings")
+    if not spacings:
+        return None
+    s = np.array(spacings, dtype=float)
+    return np.stack([s.min(0), s.max(0)])
+
+
+def check_image(case: Case, data: np.ndarray, properties: dict, num_channels: int,
+                bounds: Optional[np.ndarray]) -> None:
+    if data.shape[0] != num_channels:
+        raise DinoMixError(f"case {case.identifier} ({case.files[0]}): read {data.shape[0]} channels, the dataset has "
+                           f"{num_channels}. Unlabeled images must have the channels of imagesTr.")
+    if bounds is None:
+        return
+    spacing = np.asarray(properties["spacing"], dtype=float)
+    if spacing.shape != bounds[0].shape:
+        raise DinoMixError(f"case {case.identifier}: spacing {spacing.tolist()} has another dimensionality than the "
+                           f"labeled data ({bounds[0].tolist()}).")
+    low, high = bounds[0] / SPACING_TOLERANCE_FACTOR, bounds[1] * SPACING_TOLERANCE_FACTOR
+    if np.any(spacing < low) or np.any(spacing > high):
+        raise DinoMixError(
+            f"case {case.identifier} ({case.files[0]}): spacing {np.round(spacing, 3).tolist()} mm is far outside "
+            f"the labeled cases' range (per axis {np.round(bounds[0], 3).tolist()} to {np.round(bounds[1], 3).tolist()}"
+            f" mm). It is probably another protocol, a 2D image or a header error. Fix or remove it, or pass "
+            f"--allow_spacing_outliers to preprocess it anyway (it is resampled to the plans' spacing).")
+
+
+def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, dataset_json: dict,
+                  bounds: Optional[np.ndarray]) -> Tuple[str, List[List[int]]]:
+    """Worker: read, check, preprocess and save one case; returns its identifier and source signature."""
+    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    signature = case.signature()
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    try:
+        data, properties = pm.image_reader_writer_class().read_images(list(case.files))
+    except Exception as e:  # readers raise bare RuntimeErrors with the details printed, or library errors
+        raise DinoMixError(f"case {case.identifier}: could not read {', '.join(case.files)} ({type(e).__name__}: "
+                           f"{e}). Check that the files are valid images of the dataset's format.") from e
+    check_image(case, data, properties, len(dataset_json["channel_names"]), bounds)
+
+    data, seg, properties = cm.preprocessor_class(verbose=False).run_case_npy(data, None, properties, pm, cm,
+                                                                              dataset_json)
+    properties["class_locations"] = {}  # nnUNetDataLoader reads it unconditionally
+    data = data.astype(np.float32, copy=False)
+    seg = seg.astype(np.int16, copy=False)
+    patch = tuple(cm.patch_size)
+    blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
+    blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
+
+    staging = os.path.join(pool_dir, STAGING)
+    nnUNetDatasetBlosc2.save_case(data, seg, properties, os.path.join(staging, case.identifier),
+                                  chunks=chunks, blocks=blocks, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+    # the data file is what makes a case visible to nnU-Net's get_identifiers, so it moves last
+    for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):
+        os.replace(os.path.join(staging, case.identifier + suffix), os.path.join(pool_dir, case.identifier + suffix))
+    return case.identifier, signature
+
+
+def _process_case_star(args):
+    return _process_case(*args)
+
+
+def _remove_case_files(pool_dir: str, identifier: str) -> None:
+    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+        p = os.path.join(pool_dir, identifier + suffix)
+        if os.path.isfile(p):
+            os.remove(p)
+
+
+@dataclass
+class PreprocessResult:
+    pool_folder: str
+    manifest_file: str
+    processed: List[str]
+    skipped: List[str]
+    removed: List[str]
+
+
+def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_identifier: str = "nnUNetPlans",
+                         input_folder: Optional[str] = None, num_processes: int = 8,
+                         allow_spacing_outliers: bool = False, verbose: bool = True) -> PreprocessResult:
+    """Preprocess the unlabeled images of ``dataset`` (name or ID) into its pool. See the module docstring."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    raw_root = paths.require_env("nnUNet_raw")
+    preprocessed_root = paths.require_env("nnUNet_preprocessed")
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:
+        raise DinoMixError(f"Dataset {dataset} was not found in nnUNet_raw ({raw_root}) or nnUNet_preprocessed "
+                           f"({preprocessed_root}). Check the ID and your environment variables.") from e
+    pre_folder = os.path.join(preprocessed_root, dataset_name)
+    plans_file = os.path.join(pre_folder, plans_identifier + ".json")
+    if not os.path.isfile(plans_file):
+        raise DinoMixError(f"{plans_file} does not exist: {dataset_name} has not been planned with "
+                           f"'{plans_identifier}'. Run nnUNetv2_plan_and_preprocess -d {dataset} first (unlabeled "
+                           f"images are preprocessed with the labeled dataset's plans).")
+    plans = load_json(plans_file)
+    available = list(plans["configurations"])
+    if configuration not in available:
+        raise DinoMixError(f"Configuration '{configuration}' is not in {plans_file}. Available: "
+                           f"{', '.join(available)}.")
+    dataset_json_file = os.path.join(pre_folder, "dataset.json")
+    fingerprint_file = os.path.join(pre_folder, "dataset_fingerprint.json")
+    for f in (dataset_json_file, fingerprint_file):
+        if not os.path.isfile(f):
+            raise DinoMixError(f"{f} is missing. Run nnUNetv2_plan_and_preprocess -d {dataset} first.")
+    dataset_json = load_json(dataset_json_file)
+    cm = PlansManager(plans).get_configuration(configuration)
+
+    input_folder = input_folder or paths.default_unlabeled_raw_folder(os.path.join(raw_root, dataset_name))
+    cases = find_cases(input_folder, dataset_json["file_ending"], len(dataset_json["channel_names"]))
+    bounds = None if allow_spacing_outliers else spacing_bounds(load_json(fingerprint_file), plans["transpose_forward"])
+
+    pool_dir = paths.pool_folder(pre_folder, cm.data_identifier)
+    manifest_path = paths.manifest_file(pre_folder, cm.data_identifier)
+    fingerprint = preprocessing_fingerprint(plans, configuration, dataset_json)
+    manifest = Manifest.load(manifest_path)
+    if manifest is not None and manifest.preprocessing_fingerprint != fingerprint:
+        if verbose:
+            print(f"The plans changed since the pool was made ({manifest.preprocessing_fingerprint} -> "
+                  f"{fingerprint}): all {len(cases)} cases are preprocessed again.")
+        manifest = None
+    if manifest is None:
+        manifest = Manifest(dataset=dataset_name, configuration=configuration, plans_identifier=plans_identifier,
+                            data_identifier=cm.data_identifier, preprocessing_fingerprint=fingerprint,
+                            source_folder=os.path.abspath(input_folder))
+    os.makedirs(pool_dir, exist_ok=True)
+    shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)  # leftovers of an interrupted run
+    os.makedirs(os.path.join(pool_dir, STAGING))
+
+    by_id = {c.identifier: c for c in cases}
+    removed = sorted(set(manifest.cases) - set(by_id))
+    for identifier in removed:
+        _remove_case_files(pool_dir, identifier)
+        del manifest.cases[identifier]
+    skipped = [c.identifier for c in cases if c.identifier in manifest.cases
+               and manifest.cases[c.identifier]["signature"] == c.signature()
+               and os.path.isfile(os.path.join(pool_dir, c.identifier + ".b2nd"))]
+    todo = [c for c in cases if c.identifier not in set(skipped)]
+    for c in todo:  # whatever happens below, a case being redone is not listed as complete
+        manifest.cases.pop(c.identifier, None)
+    manifest.save(manifest_path)
+    if verbose:
+        print(f"{dataset_name} {configuration} ({plans_identifier}): {len(cases)} unlabeled cases in {input_folder}; "
+              f"{len(skipped)} up to date, {len(todo)} to preprocess" +
+              (f", {len(removed)} removed from the pool" if removed else "") + f".\nPool: {pool_dir}")
+
+    processed: List[str] = []
+    jobs = [(c, pool_dir, plans, configuration, dataset_json, bounds) for c in todo]
+    try:
+        for identifier, signature in _run_jobs(jobs, num_processes, verbose):
+            manifest.cases[identifier] = {"files": [os.path.basename(f) for f in by_id[identifier].files],
+                                          "signature": signature}
+            manifest.save(manifest_path)
+            processed.append(identifier)
+    finally:
+        shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)
+        if len(processed) < len(todo) and verbose:
+            print(f"Stopped after {len(processed)} of {len(todo)} cases; those are kept and a re-run continues.")
+    return PreprocessResult(pool_dir, manifest_path, processed, skipped, removed)
+
+
+def _run_jobs(jobs, num_processes: int, verbose: bool):
+    from tqdm import tqdm
+    if not jobs:
+        return
+    progress = tqdm(total=len(jobs), desc="Preprocessing unlabeled cases", disable=not verbose)
+    with progress:
+        if num_processes <= 1 or len(jobs) == 1:
+            for job in jobs:
+                yield _process_case(*job)
+                progress.update()
+            return
+        # spawn, like nnU-Net's preprocessing: forked workers inherit threads and locks of the parent
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(num_processes, len(jobs))) as pool:
+            for result in pool.imap_unordered(_process_case_star, jobs):
+                yield result
+                progress.update()
