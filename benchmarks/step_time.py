@@ -1,0 +1,115 @@
+"""Step time (and peak GPU memory) of several trainers, side by side in one process.
+
+Each trainer is built by nnU-Net's own ``get_trainer_from_args`` and started with ``on_train_start`` (its
+loaders, augmenters, unlabeled stream). Then the trainers take turns, one iteration each, so that machine load
+affects all of them alike. An iteration is what nnU-Net's loop does: ``next(dataloader_train)`` and
+``train_step``. Reported: median and quartiles per trainer, and the ratio of medians to the first trainer.
+
+    python benchmarks/step_time.py -d 990 -p nnUNetPlansTinyCPU --device cpu --steps 20 \
+        --trainers nnUNetTrainer nnUNetTrainerMeanTeacher --out benchmarks/results/step_time_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import sys
+import time
+from datetime import date
+
+import numpy as np
+import torch
+
+
+def build(trainer: str, dataset: str, configuration: str, plans: str, device: torch.device):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    with contextlib.redirect_stdout(io.StringIO()):
+        t = get_trainer_from_args(dataset, configuration, "all", trainer, plans, device=device)
+        t.disable_checkpointing = True
+        t.on_train_start()
+        t.on_train_epoch_start()
+    return t
+
+
+def one_iteration(t, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    t.train_step(next(t.dataloader_train))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-d", required=True)
+    p.add_argument("-c", default="3d_fullres")
+    p.add_argument("-p", default="nnUNetPlans")
+    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher"])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="write a markdown result file")
+    args = p.parse_args(argv)
+
+    from nnunet_dinomix import discovery
+    discovery.register_in_environment()
+    device = torch.device(args.device)
+    trainers = {name: build(name, args.d, args.c, args.p, device) for name in args.trainers}
+    times = {name: [] for name in trainers}
+    peak = {}
+    for name, t in trainers.items():
+        for _ in range(args.warmup):
+            one_iteration(t, device)
+    for step in range(args.steps):
+        order = list(trainers) if step % 2 == 0 else list(reversed(trainers))
+        for name in order:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            times[name].append(one_iteration(trainers[name], device))
+            if device.type == "cuda":
+                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
+    for t in trainers.values():
+        with contextlib.redirect_stdout(io.StringIO()):
+            t.on_train_end()
+
+    base = list(trainers)[0]
+    base_median = float(np.median(times[base]))
+    t0 = trainers[base]
+    cm = t0.configuration_manager
+    header = (f"patch {cm.patch_size}, batch {t0.batch_size} labeled (+{t0.batch_size} unlabeled for semi-supervised "
+              f"trainers), features {cm.network_arch_init_kwargs['features_per_stage']}")
+    lines = ["| trainer | median s/iter | p25 | p75 | ratio to " + base + (" | peak GPU memory GiB | memory ratio |"
+                                                                          if peak else " |"),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if peak else "")]
+    for name, ts in times.items():
+        med = float(np.median(ts))
+        row = f"| {name} | {med:.3f} | {np.percentile(ts, 25):.3f} | {np.percentile(ts, 75):.3f} | {med / base_median:.2f} |"
+        if peak:
+            row += f" {peak[name] / 2 ** 30:.2f} | {peak[name] / peak[base]:.2f} |"
+        lines.append(row)
+    machine = (torch.cuda.get_device_name() if device.type == "cuda" else
+               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+               f"{torch.get_num_threads()}")
+    command = "python benchmarks/step_time.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = "\n".join([
+        f"# Step time: {', '.join(trainers)}", "",
+        f"- date: {date.today().isoformat()}", f"- machine: {machine}", f"- torch {torch.__version__}",
+        f"- command: `{command}`",
+        f"- setting: dataset {args.d}, {args.c}, plans {args.p}; {header}; nnUNet_n_proc_DA="
+        f"{os.environ.get('nnUNet_n_proc_DA', 'default')}",
+        f"- method: {args.warmup} warm-up iterations each, then {args.steps} iterations per trainer, taking turns "
+        f"in one process; an iteration is next(dataloader_train) + train_step", "", *lines, ""])
+    print(report)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The synthetic phantom has the properties the demo relies on: imbalance, low contrast, variability, absence."""
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_dinomix.phantom.dataset import PhantomSplit, write_phantom_dataset
+from nnunet_dinomix.phantom.generator import LABELS, PhantomConfig, make_cases
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return list(make_cases(N, seed=123))
+
+
+def test_class_imbalance_is_synapse_like(cases):
+    counts = sum(np.bincount(lab.ravel(), minlength=len(LABELS)) for _, lab in cases)
+    fg = counts[1:]
+    assert (fg > 0).all()
+    assert fg.max() / fg.min() >= 50
+    assert fg.argmax() + 1 == LABELS["liver"]
+
+
+def test_some_small_organs_have_low_contrast(cases):
+    """Pancreas and adrenal differ from the surrounding soft tissue by less than the noise level."""
+    config = PhantomConfig()
+    for organ in ("pancreas", "adrenal"):
+        diffs = []
+        for img, lab in cases:
+            mask = lab == LABELS[organ]
+            if mask.sum() < 10:
+                continue
+            from scipy import ndimage
+            ring = ndimage.binary_dilation(mask, iterations=2) & ~mask & (lab == 0) & (img > -50) & (img < 100)
+            diffs.append(img[mask].mean() - img[ring].mean())
+        assert len(diffs) > 3
+        assert abs(np.median(diffs)) < config.noise_hu, organ
+    # while enhanced kidneys stand out clearly
+    img, lab = cases[0]
+    assert img[lab == LABELS["kidney_left"]].mean() - img[lab == 0][img[lab == 0] > -50].mean() > 50
+
+
+def test_cases_vary_and_some_classes_are_absent(cases):
+    present = np.array([[np.any(lab == v) for v in LABELS.values()] for _, lab in cases])
+    assert present[:, LABELS["liver"]].all() and present[:, LABELS["aorta"]].all()
+    assert not present[:, LABELS["gallbladder"]].all() or not present[:, LABELS["adrenal"]].all()
+    liver = [np.argwhere(lab == LABELS["liver"]).mean(0) for _, lab in cases]
+    assert np.std(np.array(liver), axis=0).max() > 0.5  # the liver moves between cases
+    sizes = [np.sum(lab == LABELS["spleen"]) for _, lab in cases]
+    assert max(sizes) > 1.3 * min(sizes)
+
+
+def test_generation_is_seeded(cases):
+    again = list(make_cases(2, seed=123))
+    assert np.array_equal(again[1][1], cases[1][1]) and np.array_equal(again[1][0], cases[1][0])
+
+
+def test_written_dataset_follows_nnunet_layout(tmp_path):
+    folder = write_phantom_dataset(str(tmp_path), 981, "Layout", PhantomSplit(2, 3, 1), seed=0,
+                                   config=PhantomConfig(shape=(16, 32, 32)), verbose=False)
+    listing = {d: sorted(os.listdir(os.path.join(folder, d))) for d in
+               ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesTs", "labelsTs")}
+    assert listing["imagesTr"] == ["case_0000_0000.nii.gz", "case_0001_0000.nii.gz"]
+    assert listing["labelsTr"] == ["case_0000.nii.gz", "case_0001.nii.gz"]
+    assert len(listing["imagesUnlabeled"]) == 3 and len(listing["labelsTs"]) == 1
+    ds = json.load(open(os.path.join(folder, "dataset.json")))
+    assert ds["numTraining"] == 2 and ds["labels"]["adrenal"] == 8 and ds["file_ending"] == ".nii.gz"
+    img = sitk.ReadImage(os.path.join(folder, "imagesTr", "case_0000_0000.nii.gz"))
+    assert img.GetSize() == (32, 32, 16) and img.GetSpacing() == (2.0, 2.0, 3.0)
+    with pytest.raises(FileExistsError):  # an existing dataset ID is never overwritten
+        write_phantom_dataset(str(tmp_path), 981, "Other", PhantomSplit(1, 1, 1), verbose=False)

@@ -1,0 +1,168 @@
+"""EMA, ramp-ups, pseudo-labels, masked losses and perturbations: torch only, no trainer."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nnunet_dinomix.ssl.ema import ema_decay, ema_update, make_ema_teacher
+from nnunet_dinomix.ssl.losses import (deep_supervision_sum, masked_cross_entropy, masked_dice_ce, masked_soft_dice,
+                                       pseudo_label_consistency, pseudo_labels)
+from nnunet_dinomix.ssl.perturb import clipped_gaussian_noise
+from nnunet_dinomix.ssl.schedules import linear_rampup, sigmoid_rampup
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.Conv3d(4, 3, 1))
+
+
+def test_ema_decay_warms_up_then_caps():
+    assert ema_decay(0, 0.99) == 0.0
+    assert ema_decay(1, 0.99) == pytest.approx(0.5)
+    assert ema_decay(9, 0.99) == pytest.approx(0.9)
+    assert ema_decay(10_000, 0.99) == 0.99
+
+
+def test_make_ema_teacher_is_frozen_detached_copy():
+    student = _net()
+    teacher = make_ema_teacher(student)
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in student.parameters())
+    for pt, ps in zip(teacher.parameters(), student.parameters()):
+        assert torch.equal(pt, ps) and pt.data_ptr() != ps.data_ptr()
+
+
+def test_ema_update_is_exact_convex_combination_and_copies_buffers():
+    student = _net()
+    teacher = make_ema_teacher(student)
+    before = [p.clone() for p in teacher.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+        student[1].running_mean.fill_(3.0)
+    ema_update(teacher, student, 0.9)
+    for t, b, s in zip(teacher.parameters(), before, student.parameters()):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
+    assert torch.equal(teacher[1].running_mean, torch.full((4,), 3.0))
+    assert teacher[1].num_batches_tracked == student[1].num_batches_tracked
+
+
+def test_ema_update_rejects_mismatched_networks():
+    with pytest.raises(ValueError):
+        ema_update(nn.Linear(2, 2), _net(), 0.9)
+
+
+def test_rampups():
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(100, 100) == 1.0 and sigmoid_rampup(500, 100) == 1.0
+    values = [sigmoid_rampup(s, 100) for s in range(0, 101, 10)]
+    assert values == sorted(values)
+    assert sigmoid_rampup(5, 0) == 1.0
+    assert linear_rampup(25, 100) == 0.25 and linear_rampup(-1, 100) == 0.0
+
+
+def test_pseudo_labels_argmax_confidence_and_mask():
+    logits = torch.zeros(1, 3, 2, 1, 1)
+    logits[0, 2, 0] = 10.0  # voxel 0: confident class 2
+    logits[0, 1, 1] = 0.1  # voxel 1: nearly uniform, class 1
+    p = pseudo_labels(logits, threshold=0.9)
+    assert p.labels.shape == (1, 1, 2, 1, 1)
+    assert p.labels.flatten().tolist() == [2, 1]
+    assert p.confidence[0, 0, 0].item() > 0.99 and p.confidence[0, 0, 1].item() < 0.5
+    assert p.mask.flatten().tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_masked_dice_ce_equals_nnunet_loss_with_ignore_label(batch_dice):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 4, 6, 7, 5)
+    target = torch.randint(0, 4, (2, 1, 6, 7, 5))
+    ignore = 4
+    target[:, :, :2] = ignore
+    nnunet = DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                            weight_ce=1, weight_dice=1, ignore_label=ignore, dice_class=MemoryEfficientSoftDiceLoss)
+    expected = nnunet(logits, target)
+    mask = target != ignore
+    ours = masked_dice_ce(logits, torch.where(mask, target, 0), mask, batch_dice)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_masked_losses_only_see_masked_voxels():
+    torch.manual_seed(2)
+    logits = torch.randn(1, 3, 4, 4, 4, requires_grad=True)
+    target = torch.randint(0, 3, (1, 1, 4, 4, 4))
+    mask = torch.zeros(1, 1, 4, 4, 4)
+    mask[..., :2, :, :] = 1
+    masked_dice_ce(logits, target, mask, batch_dice=False).backward()
+    assert logits.grad[:, :, 2:].abs().sum() == 0
+    assert logits.grad[:, :, :2].abs().sum() > 0
+    # changing the target outside the mask changes nothing
+    other = target.clone()
+    other[..., 2:, :, :] = (other[..., 2:, :, :] + 1) % 3
+    a = masked_dice_ce(logits.detach(), target, mask, False)
+    b = masked_dice_ce(logits.detach(), other, mask, False)
+    torch.testing.assert_close(a, b)
+
+
+def test_masked_cross_entropy_empty_mask_is_zero_with_graph():
+    logits = torch.randn(1, 3, 2, 2, 2, requires_grad=True)
+    loss = masked_cross_entropy(logits, torch.zeros(1, 1, 2, 2, 2, dtype=torch.long), torch.zeros(1, 1, 2, 2, 2))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() == 0
+
+
+def test_masked_soft_dice_perfect_prediction_is_minus_one():
+    target = torch.randint(0, 3, (1, 1, 5, 5, 5))
+    logits = torch.nn.functional.one_hot(target[:, 0], 3).permute(0, 4, 1, 2, 3).float() * 50
+    loss = masked_soft_dice(logits, target, torch.ones_like(target, dtype=torch.float), batch_dice=True)
+    assert loss.item() == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_deep_supervision_sum_matches_nnunet_wrapper_and_skips_zero_weights():
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    calls = []
+
+    def loss_fn(a, b):
+        calls.append(a.shape)
+        return ((a - b) ** 2).mean()
+
+    xs = [torch.randn(2, 3, s, s) for s in (8, 4, 2)]
+    ys = [torch.randn_like(x) for x in xs]
+    weights = (4 / 7, 2 / 7, 0.0)
+    ours = deep_supervision_sum(loss_fn, weights, xs, ys)
+    assert len(calls) == 2  # the zero-weighted scale is never evaluated
+    torch.testing.assert_close(ours, DeepSupervisionWrapper(loss_fn, weights)(xs, ys))
+    with pytest.raises(ValueError):
+        deep_supervision_sum(loss_fn, (0.0,), xs[:1], ys[:1])
+
+
+def test_pseudo_label_consistency_rewards_agreeing_with_confident_teacher():
+    torch.manual_seed(3)
+    labels = torch.randint(0, 3, (2, 6, 6, 6))
+    teacher = torch.nn.functional.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float() * 20
+    agree = teacher * 0.5
+    disagree = teacher.roll(1, dims=1) * 0.5
+    loss_agree, frac = pseudo_label_consistency([agree], [teacher], (1.0,), 0.9, batch_dice=False)
+    loss_disagree, _ = pseudo_label_consistency([disagree], [teacher], (1.0,), 0.9, batch_dice=False)
+    assert frac.item() == 1.0
+    assert loss_agree < loss_disagree - 1.0
+    # an unconfident teacher masks everything out: CE part 0, Dice part from empty masks
+    flat = torch.zeros_like(teacher)
+    _, frac_flat = pseudo_label_consistency([disagree], [flat], (1.0,), 0.9, batch_dice=False)
+    assert frac_flat.item() == 0.0
+
+
+def test_clipped_gaussian_noise_is_bounded_and_identity_at_zero():
+    x = torch.zeros(1000)
+    g = torch.Generator().manual_seed(0)
+    y = clipped_gaussian_noise(x, 0.1, clip=2.0, generator=g)
+    assert y.abs().max() <= 0.2 + 1e-7
+    assert y.std() > 0.05
+    assert clipped_gaussian_noise(x, 0.0) is x

@@ -1,0 +1,184 @@
+"""Preprocessing the unlabeled pool: equality with nnU-Net's preprocessing, safety, resume, staleness, errors."""
+import hashlib
+import itertools
+import os
+import pickle
+import shutil
+
+import blosc2
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from conftest import run_cli
+from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.unlabeled.cli import main as cli_main
+from nnunet_dinomix.unlabeled.pool import open_pool
+from nnunet_dinomix.unlabeled.preprocess import preprocess_unlabeled
+
+_ids = itertools.count(900)
+
+
+@pytest.fixture
+def scratch(phantom_dataset):
+    """A private copy of the session phantom (raw + nnU-Net preprocessed, no pool) under a fresh dataset ID."""
+    dataset_id = next(_ids)
+    name = f"Dataset{dataset_id}_Scratch"
+    raw = os.path.join(os.environ["nnUNet_raw"], name)
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
+    shutil.copytree(phantom_dataset["raw"], raw)
+    shutil.copytree(phantom_dataset["preprocessed"], pre, ignore=shutil.ignore_patterns("*_unlabeled*"))
+    yield {"id": str(dataset_id), "raw": raw, "pre": pre, "unlabeled": os.path.join(raw, "imagesUnlabeled"),
+           "pool": os.path.join(pre, "nnUNetPlans_3d_fullres_unlabeled")}
+    shutil.rmtree(raw, ignore_errors=True)
+    shutil.rmtree(pre, ignore_errors=True)
+
+
+def _open(s, plans="nnUNetPlans", plans_dict=None):
+    plans_dict = plans_dict or load_json(os.path.join(s["pre"], plans + ".json"))
+    return open_pool(s["pre"], plans_dict, "3d_fullres", load_json(os.path.join(s["pre"], "dataset.json")), plans)
+
+
+def _hash_tree(folder, skip=("_unlabeled",)):
+    digest = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not any(k in d for k in skip)]
+        for f in files:
+            if not any(k in f for k in skip):
+                path = os.path.join(root, f)
+                digest[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return digest
+
+
+def test_pool_is_exactly_nnunet_preprocessing(scratch):
+    shutil.copy(os.path.join(scratch["raw"], "imagesTr", "case_0000_0000.nii.gz"),
+                os.path.join(scratch["unlabeled"], "copy_0000_0000.nii.gz"))
+    result = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    assert "copy_0000" in result.processed and len(result.processed) == 5
+    ours = blosc2.open(os.path.join(scratch["pool"], "copy_0000.b2nd"), mode="r")[:]
+    nnunet = blosc2.open(os.path.join(scratch["pre"], "nnUNetPlans_3d_fullres", "case_0000.b2nd"), mode="r")[:]
+    assert ours.dtype == np.float32 and np.array_equal(ours, nnunet)
+    ours_props = pickle.load(open(os.path.join(scratch["pool"], "copy_0000.pkl"), "rb"))
+    nnunet_props = pickle.load(open(os.path.join(scratch["pre"], "nnUNetPlans_3d_fullres", "case_0000.pkl"), "rb"))
+    for key in ("spacing", "shape_before_cropping", "bbox_used_for_cropping",
+                "shape_after_cropping_and_before_resampling"):
+        assert np.array_equal(np.asarray(ours_props[key]), np.asarray(nnunet_props[key])), key
+    assert ours_props["class_locations"] == {}
+    seg = blosc2.open(os.path.join(scratch["pool"], "copy_0000_seg.b2nd"), mode="r")[:]
+    assert set(np.unique(seg).tolist()) <= {-1, 0}
+    pool = _open(scratch)
+    assert len(pool.identifiers) == 5
+    data, seg_loaded, _, props = pool.dataset().load_case("copy_0000")
+    assert data.shape == ours.shape
+
+
+def test_nnunet_files_untouched_and_pool_survives_nnunet_preprocess(scratch):
+    before = _hash_tree(scratch["pre"])
+    preprocess_unlabeled(scratch["id"], num_processes=2, verbose=False)  # spawn workers, like the CLI default
+    assert _hash_tree(scratch["pre"]) == before
+    pool_files = sorted(os.listdir(scratch["pool"]))
+    run_cli("nnUNetv2_preprocess", "-d", scratch["id"], "-c", "3d_fullres", "-np", "1")
+    assert sorted(os.listdir(scratch["pool"])) == pool_files
+    assert len(_open(scratch).identifiers) == 4
+
+
+def test_interrupted_run_resumes_and_half_written_cases_are_never_listed(scratch):
+    with open(os.path.join(scratch["unlabeled"], "zz_broken_0000.nii.gz"), "wb") as f:
+        f.write(b"this is not a nifti file")
+    with pytest.raises(DinoMixError, match="zz_broken"):
+        preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    assert not os.path.exists(os.path.join(scratch["pool"], ".staging"))
+    assert len(_open(scratch).identifiers) == 4  # the good cases before the failure are kept
+
+    # a case file without manifest entry (e.g. a crash between writes) is invisible to training
+    shutil.copy(os.path.join(scratch["pool"], "case_0100.b2nd"), os.path.join(scratch["pool"], "ghost.b2nd"))
+    assert "ghost" not in _open(scratch).identifiers
+
+    os.remove(os.path.join(scratch["unlabeled"], "zz_broken_0000.nii.gz"))
+    again = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    assert again.processed == [] and len(again.skipped) == 4
+
+    # a replaced source image is preprocessed again, the others are not
+    src = os.path.join(scratch["unlabeled"], "case_0101_0000.nii.gz")
+    img = sitk.ReadImage(src)
+    sitk.WriteImage(sitk.Cast(img, sitk.sitkInt16) + 5, src)
+    third = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    assert third.processed == ["case_0101"] and len(third.skipped) == 3
+
+    # a source case that disappears leaves the pool too
+    os.remove(os.path.join(scratch["unlabeled"], "case_0102_0000.nii.gz"))
+    fourth = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    assert fourth.removed == ["case_0102"] and not os.path.exists(os.path.join(scratch["pool"], "case_0102.b2nd"))
+    assert "case_0102" not in _open(scratch).identifiers
+
+
+def test_stale_pool_is_detected_and_rebuilt(scratch):
+    preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    plans = load_json(os.path.join(scratch["pre"], "nnUNetPlans.json"))
+    _open(scratch, "nnUNetPlansTinyCPU")  # architecture-only changes share the pool
+    plans["foreground_intensity_properties_per_channel"]["0"]["mean"] += 10  # e.g. re-planned with new cases
+    with pytest.raises(DinoMixError, match="(?s)stale.*dinomix_preprocess_unlabeled"):
+        _open(scratch, plans_dict=plans)
+    spacing_changed = load_json(os.path.join(scratch["pre"], "nnUNetPlans.json"))
+    spacing_changed["configurations"]["3d_fullres"]["spacing"] = [3.0, 2.5, 2.5]
+    with pytest.raises(DinoMixError, match="stale"):
+        _open(scratch, plans_dict=spacing_changed)
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+    save_json(plans, os.path.join(scratch["pre"], "nnUNetPlans.json"))
+    rebuilt = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    assert len(rebuilt.processed) == 4 and rebuilt.skipped == []
+    _open(scratch, plans_dict=plans)
+
+
+def test_missing_pool_tells_how_to_make_it(scratch):
+    with pytest.raises(DinoMixError, match=f"dinomix_preprocess_unlabeled -d {scratch['id']} -c 3d_fullres"):
+        _open(scratch)
+
+
+def _write_image(path, shape=(24, 48, 48), spacing_xyz=(2.0, 2.0, 3.0)):
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 100, shape).astype(np.int16))
+    img.SetSpacing(spacing_xyz)
+    sitk.WriteImage(img, path)
+
+
+@pytest.mark.parametrize("files, message", [
+    (["a_0000.nrrd"], "does not end with the dataset's file ending .nii.gz"),
+    (["a.nii.gz"], "lacks the _XXXX channel suffix"),
+    (["a_0001.nii.gz"], "has 1 channel"),
+    ([], "holds no unlabeled images"),
+])
+def test_bad_file_names_are_reported_before_anything_is_written(scratch, tmp_path, files, message):
+    for f in files:
+        _write_image(str(tmp_path / f)) if f.endswith(".nii.gz") else (tmp_path / f).write_text("x")
+    with pytest.raises(DinoMixError, match=message):
+        preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False)
+    assert not os.path.exists(scratch["pool"])
+
+
+def test_spacing_outliers_and_2d_images_are_refused_unless_allowed(scratch, tmp_path):
+    _write_image(str(tmp_path / "far_0000.nii.gz"), spacing_xyz=(0.5, 0.5, 12.0))
+    with pytest.raises(DinoMixError, match="(?s)far outside the labeled cases. range.*--allow_spacing_outliers"):
+        preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False)
+    ok = preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False,
+                              allow_spacing_outliers=True)
+    assert ok.processed == ["far"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 48), np.int16)), str(flat / "slice_0000.nii.gz"))
+    with pytest.raises(DinoMixError, match="slice"):
+        preprocess_unlabeled(scratch["id"], input_folder=str(flat), num_processes=1, verbose=False)
+
+
+def test_unknown_dataset_configuration_and_unplanned_dataset(scratch, capsys):
+    with pytest.raises(DinoMixError, match="(?s)Configuration .3d_cascade_fullres. is not in.*Available: .*3d_fullres"):
+        preprocess_unlabeled(scratch["id"], "3d_cascade_fullres", verbose=False)
+    with pytest.raises(DinoMixError, match="was not found"):
+        preprocess_unlabeled("987", verbose=False)
+    os.remove(os.path.join(scratch["pre"], "nnUNetPlans.json"))
+    with pytest.raises(DinoMixError, match="Run nnUNetv2_plan_and_preprocess"):
+        preprocess_unlabeled(scratch["id"], verbose=False)
+    # the command line prints the message and exits with 1, no traceback
+    assert cli_main(["-d", scratch["id"], "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR:") and "nnUNetv2_plan_and_preprocess" in err and "Traceback" not in err
