@@ -2,6 +2,7 @@
 
 nnU-Net reads some variables at import time, so they are set here, before anything imports nnunetv2.
 """
+import itertools
 import os
 import shutil
 import subprocess
@@ -69,6 +70,30 @@ def phantom_with_pool(phantom_dataset):
     from nnunet_dinomix.unlabeled.preprocess import preprocess_unlabeled
     preprocess_unlabeled(str(DATASET_ID), "3d_fullres", TINY_PLANS, num_processes=1, verbose=False)
     return phantom_dataset
+
+
+_scratch_ids = itertools.count(900)
+
+
+@pytest.fixture
+def scratch(phantom_dataset):
+    """A private copy of the session phantom (raw + nnU-Net preprocessed, no pool) under a fresh dataset ID."""
+    dataset_id = next(_scratch_ids)
+    name = f"Dataset{dataset_id}_Scratch"
+    raw = os.path.join(os.environ["nnUNet_raw"], name)
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
+    shutil.copytree(phantom_dataset["raw"], raw)
+    shutil.copytree(phantom_dataset["preprocessed"], pre, ignore=shutil.ignore_patterns("*_unlabeled*"))
+    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+    for plans_file in ("nnUNetPlans.json", TINY_PLANS + ".json"):  # plans name their dataset
+        plans = load_json(os.path.join(pre, plans_file))
+        plans["dataset_name"] = name
+        save_json(plans, os.path.join(pre, plans_file), sort_keys=False)
+    yield {"id": str(dataset_id), "raw": raw, "pre": pre, "unlabeled": os.path.join(raw, "imagesUnlabeled"),
+           "pool": os.path.join(pre, "nnUNetPlans_3d_fullres_unlabeled")}
+    shutil.rmtree(raw, ignore_errors=True)
+    shutil.rmtree(pre, ignore_errors=True)
+
 
 
 def pytest_sessionfinish(session, exitstatus):

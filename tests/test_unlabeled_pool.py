@@ -1,6 +1,5 @@
 """Preprocessing the unlabeled pool: equality with nnU-Net's preprocessing, safety, resume, staleness, errors."""
 import hashlib
-import itertools
 import os
 import pickle
 import shutil
@@ -16,24 +15,6 @@ from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.unlabeled.cli import main as cli_main
 from nnunet_dinomix.unlabeled.pool import open_pool
 from nnunet_dinomix.unlabeled.preprocess import preprocess_unlabeled
-
-_ids = itertools.count(900)
-
-
-@pytest.fixture
-def scratch(phantom_dataset):
-    """A private copy of the session phantom (raw + nnU-Net preprocessed, no pool) under a fresh dataset ID."""
-    dataset_id = next(_ids)
-    name = f"Dataset{dataset_id}_Scratch"
-    raw = os.path.join(os.environ["nnUNet_raw"], name)
-    pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
-    shutil.copytree(phantom_dataset["raw"], raw)
-    shutil.copytree(phantom_dataset["preprocessed"], pre, ignore=shutil.ignore_patterns("*_unlabeled*"))
-    yield {"id": str(dataset_id), "raw": raw, "pre": pre, "unlabeled": os.path.join(raw, "imagesUnlabeled"),
-           "pool": os.path.join(pre, "nnUNetPlans_3d_fullres_unlabeled")}
-    shutil.rmtree(raw, ignore_errors=True)
-    shutil.rmtree(pre, ignore_errors=True)
-
 
 def _open(s, plans="nnUNetPlans", plans_dict=None):
     plans_dict = plans_dict or load_json(os.path.join(s["pre"], plans + ".json"))

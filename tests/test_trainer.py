@@ -1,0 +1,129 @@
+"""nnUNetTrainerMeanTeacher in-process: one real train step on the phantom, the EMA, the checkpoint, refusals."""
+import copy
+import os
+import shutil
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from conftest import DATASET_ID, TINY_PLANS
+from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.ssl.ema import ema_decay
+from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
+
+CPU = torch.device("cpu")
+
+
+def _trainer(dataset, name="nnUNetTrainerMeanTeacher", plans=TINY_PLANS):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    return get_trainer_from_args(str(dataset), "3d_fullres", "all", name, plans, device=CPU)
+
+
+@pytest.fixture
+def started(phantom_with_pool):
+    t = _trainer(DATASET_ID)
+    t.on_train_start()
+    t.on_train_epoch_start()
+    yield t
+    t.on_train_end()
+    shutil.rmtree(t.output_folder_base, ignore_errors=True)
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_train_steps_update_student_and_ema_teacher(started):
+    t = started
+    assert t.ema_teacher is not None and not t.ema_teacher.training
+    optimised = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in optimised for p in t.ema_teacher.parameters())
+
+    student_0 = _params(t.student)
+    out_1 = t.train_step(next(t.dataloader_train))
+    assert set(out_1) == {"loss", "train_loss_sup", "train_loss_unsup", "unsup_weight", "confident_fraction"}
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out_1.values())
+    assert any(not torch.equal(a, b) for a, b in zip(student_0, _params(t.student)))
+    # step 0 uses decay 0: the teacher equals the student; afterwards a true moving average
+    for a, b in zip(_params(t.ema_teacher), _params(t.student)):
+        torch.testing.assert_close(a, b)
+    teacher_1 = _params(t.ema_teacher)
+    out_2 = t.train_step(next(t.dataloader_train))
+    d = ema_decay(1, t.ema_decay)
+    assert d == pytest.approx(0.5)
+    for after, before, s in zip(_params(t.ema_teacher), teacher_1, _params(t.student)):
+        torch.testing.assert_close(after, d * before + (1 - d) * s)
+    assert all(p.grad is None for p in t.ema_teacher.parameters())
+    assert t.global_step == 2
+    assert 0 < out_2["unsup_weight"] <= t.unsup_weight_max
+
+    u = next(t.dataloader_unlabeled)["data"]
+    assert tuple(u.shape) == (t.batch_size, 1, *t.configuration_manager.patch_size)
+
+    t.on_train_epoch_end([out_1, out_2])
+    expected = (float(out_1["train_loss_unsup"]) + float(out_2["train_loss_unsup"])) / 2
+    assert t.logger.get_value("train_loss_unsup", step=-1) == pytest.approx(expected)
+
+
+def test_checkpoint_keeps_network_weights_plain_and_restores_teacher(started, tmp_path):
+    t = started
+    t.train_step(next(t.dataloader_train))
+    t.train_step(next(t.dataloader_train))
+    path = str(tmp_path / "checkpoint.pth")
+    t.save_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    plain = nnUNetTrainer.build_network_architecture(t.plans_manager, t.configuration_manager, 1,
+                                                     t.label_manager.num_segmentation_heads, False)
+    assert set(ckpt["network_weights"]) == set(plain.state_dict())
+    plain.load_state_dict(ckpt["network_weights"])  # strict, as nnUNetv2_predict does
+    assert ckpt["trainer_name"] == "nnUNetTrainerMeanTeacher"
+    assert set(ckpt[CHECKPOINT_KEY]["ema_teacher"]) == set(plain.state_dict())
+
+    fresh = _trainer(DATASET_ID)
+    fresh.load_checkpoint(path)
+    for a, b in zip(_params(fresh.ema_teacher), _params(t.ema_teacher)):
+        assert torch.equal(a, b)
+    # the restored teacher is the averaged one, not a copy of the restored student
+    assert not all(torch.equal(a, b) for a, b in zip(_params(fresh.ema_teacher), _params(fresh.student)))
+
+    # a plain nnU-Net checkpoint (no train-only state) still loads; the teacher starts from the student
+    del ckpt[CHECKPOINT_KEY]
+    torch.save(ckpt, path)
+    plain_resume = _trainer(DATASET_ID)
+    plain_resume.load_checkpoint(path)
+    for a, b in zip(_params(plain_resume.ema_teacher), _params(plain_resume.student)):
+        assert torch.equal(a, b)
+
+
+def test_training_refuses_to_start_without_a_fresh_pool(scratch):
+    t = _trainer(scratch["id"])
+    with pytest.raises(DinoMixError, match=f"dinomix_preprocess_unlabeled -d {scratch['id']} -c 3d_fullres -p "
+                                           f"{TINY_PLANS}"):
+        t.on_train_start()
+    assert t.network is None  # it failed before building anything
+
+    from nnunet_dinomix.unlabeled.preprocess import preprocess_unlabeled
+    preprocess_unlabeled(scratch["id"], plans_identifier=TINY_PLANS, num_processes=1, verbose=False)
+    manifest = os.path.join(scratch["pre"], "nnUNetPlans_3d_fullres_unlabeled.json")
+    content = load_json(manifest)
+    content["preprocessing_fingerprint"] = "0" * 16
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+    save_json(content, manifest)
+    with pytest.raises(DinoMixError, match="stale"):
+        _trainer(scratch["id"]).on_train_start()
+
+
+def test_region_based_datasets_are_refused_with_a_reason(phantom_with_pool):
+    from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], phantom_with_pool["name"])
+    plans = load_json(os.path.join(pre, TINY_PLANS + ".json"))
+    plans["continue_training"] = False
+    dataset_json = copy.deepcopy(load_json(os.path.join(pre, "dataset.json")))
+    dataset_json["labels"] = {"background": 0, "kidneys": [3, 4], "left_kidney": 3}
+    dataset_json["regions_class_order"] = [1, 2]
+    t = nnUNetTrainerMeanTeacher(plans, "3d_fullres", "all", dataset_json, CPU)
+    with pytest.raises(DinoMixError, match="region-based training"):
+        t.on_train_start()
