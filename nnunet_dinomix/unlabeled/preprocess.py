@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -77,8 +77,9 @@ def find_cases(folder: str, file_ending: str, num_channels: int) -> List[Case]:
     return cases
 
 
-def spacing_bounds(fingerprint: dict, transpose_forward: Sequence[int]) -> Optional[np.ndarray]:
-    """Per-axis [min, max] of the labeled cases' spacings, in the reader's axis order (before transpose)."""
+def spacing_bounds(fingerprint: dict) -> Optional[np.ndarray]:
+    """Per-axis [min, max] of the labeled cases' spacings, in the reader's axis order (as the fingerprint
+    stores them and as ``read_images`` returns them, i.e. before ``transpose_forward``)."""
     spacings = fingerprint.get("spacings")
     if not spacings:
         return None
@@ -196,7 +197,7 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
 
     input_folder = input_folder or paths.default_unlabeled_raw_folder(os.path.join(raw_root, dataset_name))
     cases = find_cases(input_folder, dataset_json["file_ending"], len(dataset_json["channel_names"]))
-    bounds = None if allow_spacing_outliers else spacing_bounds(load_json(fingerprint_file), plans["transpose_forward"])
+    bounds = None if allow_spacing_outliers else spacing_bounds(load_json(fingerprint_file))
 
     pool_dir = paths.pool_folder(pre_folder, cm.data_identifier)
     manifest_path = paths.manifest_file(pre_folder, cm.data_identifier)

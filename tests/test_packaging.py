@@ -1,0 +1,49 @@
+"""A wheel (not only this editable checkout) carries the shim folder and presets, and nnU-Net finds its trainers."""
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), ROOT],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".whl")]
+    return path
+
+
+def test_wheel_contents(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in ("nnunet_dinomix/ext_trainers/nnunet_dinomix_trainers.py", "nnunet_dinomix/plans/tiny_cpu.json",
+                     "nnunet_dinomix/training/mean_teacher.py", "nnunet_dinomix/unlabeled/preprocess.py"):
+        assert expected in names
+    assert not any(n.startswith(("tests/", "trainers/", "plans/")) for n in names)
+
+
+def test_nnunet_finds_picklable_trainers_in_the_installed_wheel(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    script = (
+        "import os, pickle, nnunet_dinomix, contextlib, io\n"
+        f"assert nnunet_dinomix.__file__.startswith({str(site)!r}), nnunet_dinomix.__file__\n"
+        "from nnunet_dinomix.discovery import trainer_dir\n"
+        "os.environ['nnUNet_extTrainer'] = trainer_dir()\n"
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cls = recursive_find_trainer_class_by_name('nnUNetTrainerMeanTeacher')\n"
+        "assert pickle.loads(pickle.dumps(cls)) is cls\n"
+        "print(trainer_dir(), cls.__module__)\n")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    env.pop("nnUNet_extTrainer", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder, module = result.stdout.split()
+    assert folder == str(site / "nnunet_dinomix" / "ext_trainers")
+    assert module == "nnunet_dinomix.training.mean_teacher"
