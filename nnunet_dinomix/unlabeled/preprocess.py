@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import re
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -141,10 +143,6 @@ def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, da
     return case.identifier, signature
 
 
-def _process_case_star(args):
-    return _process_case(*args)
-
-
 def _remove_case_files(pool_dir: str, identifier: str) -> None:
     for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
         p = os.path.join(pool_dir, identifier + suffix)
@@ -203,6 +201,15 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     manifest_path = paths.manifest_file(pre_folder, cm.data_identifier)
     fingerprint = preprocessing_fingerprint(plans, configuration, dataset_json)
     manifest = Manifest.load(manifest_path)
+    os.makedirs(pool_dir, exist_ok=True)
+    shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)  # leftovers of an interrupted run
+    os.makedirs(os.path.join(pool_dir, STAGING))
+
+    by_id = {c.identifier: c for c in cases}
+    removed = sorted(set(manifest.cases) - set(by_id)) if manifest is not None else []
+    for identifier in removed:  # the pool mirrors the input folder
+        _remove_case_files(pool_dir, identifier)
+        del manifest.cases[identifier]
     if manifest is not None and manifest.preprocessing_fingerprint != fingerprint:
         if verbose:
             print(f"The plans changed since the pool was made ({manifest.preprocessing_fingerprint} -> "
@@ -211,16 +218,8 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     if manifest is None:
         manifest = Manifest(dataset=dataset_name, configuration=configuration, plans_identifier=plans_identifier,
                             data_identifier=cm.data_identifier, preprocessing_fingerprint=fingerprint,
-                            source_folder=os.path.abspath(input_folder))
-    os.makedirs(pool_dir, exist_ok=True)
-    shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)  # leftovers of an interrupted run
-    os.makedirs(os.path.join(pool_dir, STAGING))
-
-    by_id = {c.identifier: c for c in cases}
-    removed = sorted(set(manifest.cases) - set(by_id))
-    for identifier in removed:
-        _remove_case_files(pool_dir, identifier)
-        del manifest.cases[identifier]
+                            source_folder="")
+    manifest.source_folder = os.path.abspath(input_folder)
     skipped = [c.identifier for c in cases if c.identifier in manifest.cases
                and manifest.cases[c.identifier]["signature"] == c.signature()
                and os.path.isfile(os.path.join(pool_dir, c.identifier + ".b2nd"))]
@@ -249,19 +248,28 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
 
 
 def _run_jobs(jobs, num_processes: int, verbose: bool):
+    """Yield ``_process_case`` results as cases finish, with a progress bar."""
     from tqdm import tqdm
     if not jobs:
         return
-    progress = tqdm(total=len(jobs), desc="Preprocessing unlabeled cases", disable=not verbose)
-    with progress:
+    with tqdm(total=len(jobs), desc="Preprocessing unlabeled cases", disable=not verbose) as progress:
         if num_processes <= 1 or len(jobs) == 1:
             for job in jobs:
                 yield _process_case(*job)
                 progress.update()
             return
-        # spawn, like nnU-Net's preprocessing: forked workers inherit threads and locks of the parent
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(jobs))) as pool:
-            for result in pool.imap_unordered(_process_case_star, jobs):
-                yield result
-                progress.update()
+        # spawn, like nnU-Net's preprocessing (forked workers inherit the parent's threads and locks). Unlike a
+        # multiprocessing.Pool, the executor notices a worker killed by the OS instead of waiting forever.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=context) as executor:
+            futures = [executor.submit(_process_case, *job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+                    progress.update()
+            except BrokenProcessPool as e:
+                raise DinoMixError("A preprocessing worker died, probably killed for lack of memory. The cases "
+                                   "finished so far are kept; run again with fewer workers (-np).") from e
+            finally:
+                for future in futures:
+                    future.cancel()
