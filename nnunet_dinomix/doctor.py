@@ -73,6 +73,19 @@ def check_trainer(name: str) -> Check:
     return Check(OK, f"{name} -> {cls.__module__}")
 
 
+def check_teacher_weights() -> Check:
+    """The DINOv3 weights named by the environment, read and identified without building the model."""
+    from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV, infer_arch, read_weights
+    path = os.environ.get(WEIGHTS_ENV)
+    if not path:
+        return Check(OK, f"{WEIGHTS_ENV} not set (only the DINO-Mix/FKD trainers need DINOv3 weights)")
+    try:
+        arch, depth, _ = infer_arch(read_weights(path))
+    except DinoMixError as e:
+        return Check(FAIL, f"{WEIGHTS_ENV}={path} is not usable", str(e))
+    return Check(OK, f"{WEIGHTS_ENV}={path}: DINOv3 {arch.key} ({depth} blocks, width {arch.embed_dim})")
+
+
 def check_dataset(dataset: str, configuration: str, plans_identifier: str) -> List[Check]:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -111,6 +124,7 @@ def check_dataset(dataset: str, configuration: str, plans_identifier: str) -> Li
 def run_checks(trainers: List[str], dataset: Optional[str], configuration: str, plans: str) -> List[Check]:
     checks = [check_nnunet_version()] + check_paths()
     checks += [check_trainer(t) for t in trainers]
+    checks.append(check_teacher_weights())
     if dataset is not None:
         if any(c.status == FAIL for c in checks if c.what.startswith("nnUNet_")):
             checks.append(Check(FAIL, "dataset checks skipped", "fix the nnU-Net paths first"))

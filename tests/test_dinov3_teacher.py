@@ -133,3 +133,16 @@ def test_wrong_size_truncated_or_missing_weights_fail_clearly(files, tmp_path):
         build_dinov3(str(empty_dir))
     with pytest.raises(DinoMixError, match="Unknown DINOv3 architecture"):
         build_dinov3(files["timm"], arch="vit_giant")
+
+
+def test_doctor_identifies_or_rejects_the_configured_weights(files, tmp_path, monkeypatch):
+    from nnunet_dinomix.doctor import FAIL, OK, check_teacher_weights
+    from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    assert check_teacher_weights().status == OK
+    monkeypatch.setenv(WEIGHTS_ENV, files["hf"])
+    check = check_teacher_weights()
+    assert check.status == OK and "vits16 (2 blocks, width 384)" in check.what
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    check = check_teacher_weights()
+    assert check.status == FAIL and "licence-gated" in check.detail
