@@ -70,3 +70,21 @@ def test_resample_to_grid():
     x = torch.randn(1, 4, 5, 2, 3)
     assert resample_to(x, (5, 2, 3)) is x
     assert resample_to(x, (10, 8, 8)).shape == (1, 4, 10, 8, 8)
+
+
+def test_projection_head_maps_channels_and_grid_and_learns():
+    from nnunet_dinomix.fkd.head import ProjectionHead
+    torch.manual_seed(3)
+    head = ProjectionHead(32, 384)
+    student = torch.randn(2, 32, 4, 8, 8)
+    target = torch.randn(2, 384, 8, 4, 4)
+    out = head(student, target.shape[2:])
+    assert out.shape == target.shape
+    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    first = normalized_mse(out, target).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = normalized_mse(head(student, target.shape[2:]), target)
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 0.05  # the distillation loss trains the head
