@@ -5,7 +5,9 @@ import os
 from typing import List
 
 ENV = "nnUNet_extTrainer"
-TRAINERS = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerBudget")
+TRAINERS = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerDinoMix", "nnUNetTrainerDinoMixNoFKD", "nnUNetTrainerDinoMixNoPIC",
+            "nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixBudget",
+            "nnUNetTrainerDinoMixNoFKDBudget", "nnUNetTrainerDinoMixNoPICBudget")
 
 
 def trainer_dir() -> str:

@@ -46,7 +46,9 @@ def check_paths() -> List[Check]:
     return checks
 
 
-def check_trainer(name: str) -> Check:
+def check_trainer(name: str, required: bool = True) -> Check:
+    """Discovery, picklability and the trainer's own ``setup_checks``. A trainer the user did not ask for
+    (``required=False``) only warns about what its own checks miss, e.g. DINOv3 weights."""
     if not discovery.is_registered():
         return Check(FAIL, f"{name}: nnU-Net cannot find it",
                      f"{discovery.ENV} does not contain {discovery.trainer_dir()}. Run:\n"
@@ -69,7 +71,7 @@ def check_trainer(name: str) -> Check:
     extra = [] if checks is None else checks()
     failed = [c for c in extra if c.status == FAIL]
     if failed:
-        return Check(FAIL, f"{name}: found, but {failed[0].what}", failed[0].detail)
+        return Check(FAIL if required else WARN, f"{name}: found, but {failed[0].what}", failed[0].detail)
     return Check(OK, f"{name} -> {cls.__module__}")
 
 
@@ -121,9 +123,12 @@ def check_dataset(dataset: str, configuration: str, plans_identifier: str) -> Li
     return checks
 
 
-def run_checks(trainers: List[str], dataset: Optional[str], configuration: str, plans: str) -> List[Check]:
+def run_checks(trainers: Optional[List[str]], dataset: Optional[str], configuration: str, plans: str) -> List[Check]:
     checks = [check_nnunet_version()] + check_paths()
-    checks += [check_trainer(t) for t in trainers]
+    if trainers:
+        checks += [check_trainer(t) for t in trainers]
+    else:
+        checks += [check_trainer(t, required=False) for t in discovery.TRAINERS]
     checks.append(check_teacher_weights())
     if dataset is not None:
         if any(c.status == FAIL for c in checks if c.what.startswith("nnUNet_")):
@@ -140,7 +145,9 @@ def main(argv=None) -> int:
     parser.add_argument("-d", default=None, help="dataset name or ID to check")
     parser.add_argument("-c", default="3d_fullres", help="configuration [default: 3d_fullres]")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier [default: nnUNetPlans]")
-    parser.add_argument("-tr", nargs="+", default=list(discovery.TRAINERS), help="trainers to check")
+    parser.add_argument("-tr", nargs="+", default=None,
+                        help="the trainers you will use (their requirements must be met) [default: all of this "
+                             "package's, whose unmet requirements only warn]")
     args = parser.parse_args(argv)
     checks = run_checks(args.tr, args.d, args.c, args.p)
     for c in checks:

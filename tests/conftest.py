@@ -72,6 +72,17 @@ def phantom_with_pool(phantom_dataset):
     return phantom_dataset
 
 
+@pytest.fixture(scope="session")
+def dinov3_meta_file():
+    """A randomly initialised DINOv3 ViT-S/16 (1 block, to keep CPU tests fast) saved as Meta's released .pth."""
+    import pathlib
+
+    from dinov3_files import random_dinov3, write_meta_checkpoint
+    folder = pathlib.Path(_SESSION_ROOT) / "dinov3"
+    folder.mkdir(exist_ok=True)
+    return write_meta_checkpoint(random_dinov3(depth=1), folder)
+
+
 _scratch_ids = itertools.count(900)
 
 

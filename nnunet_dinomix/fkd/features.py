@@ -105,7 +105,16 @@ def normalized_mse(student: torch.Tensor, teacher: torch.Tensor, weight: Optiona
 
 
 def resample_to(features: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """Trilinear resampling of (B, C, *spatial) onto ``grid``."""
-    if tuple(features.shape[2:]) == tuple(grid):
+    """Resample (B, C, *spatial) onto ``grid``: average pooling along axes that shrink (no aliasing), then
+    (bi/tri)linear interpolation along axes that grow."""
+    grid = tuple(int(g) for g in grid)
+    if tuple(features.shape[2:]) == grid:
         return features
-    return F.interpolate(features, size=tuple(grid), mode="trilinear", align_corners=False)
+    pooled = tuple(min(s, g) for s, g in zip(features.shape[2:], grid))
+    if pooled != tuple(features.shape[2:]):
+        pool = F.adaptive_avg_pool3d if features.ndim == 5 else F.adaptive_avg_pool2d
+        features = pool(features, pooled)
+    if pooled == grid:
+        return features
+    mode = "trilinear" if features.ndim == 5 else "bilinear"
+    return F.interpolate(features, size=grid, mode=mode, align_corners=False)

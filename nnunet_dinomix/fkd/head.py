@@ -10,20 +10,22 @@ from nnunet_dinomix.fkd.features import resample_to
 
 
 class ProjectionHead(nn.Module):
-    """1x1x1 conv -> InstanceNorm -> LeakyReLU -> 1x1x1 conv, then trilinear resampling to the teacher grid.
+    """pointwise conv -> InstanceNorm -> LeakyReLU -> pointwise conv (3D, or 2D for 2D
+    configurations), then resampling to the teacher grid.
 
     Pointwise on purpose: the spatial layout is the student's; the head only translates channels, so the
     distillation signal shapes the student's features rather than a large head's.
     """
 
-    def __init__(self, in_channels: int, teacher_channels: int, hidden_channels: int = 0):
+    def __init__(self, in_channels: int, teacher_channels: int, hidden_channels: int = 0, spatial_dims: int = 3):
         super().__init__()
         hidden = hidden_channels or max(in_channels, teacher_channels // 2)
+        conv, norm = (nn.Conv3d, nn.InstanceNorm3d) if spatial_dims == 3 else (nn.Conv2d, nn.InstanceNorm2d)
         self.net = nn.Sequential(
-            nn.Conv3d(in_channels, hidden, 1),
-            nn.InstanceNorm3d(hidden, affine=True),
+            conv(in_channels, hidden, 1),
+            norm(hidden, affine=True),
             nn.LeakyReLU(inplace=True),
-            nn.Conv3d(hidden, teacher_channels, 1),
+            conv(hidden, teacher_channels, 1),
         )
 
     def forward(self, features: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:

@@ -14,8 +14,12 @@ def ema_decay(step: int, max_decay: float) -> float:
 
 
 def make_ema_teacher(student: nn.Module) -> nn.Module:
-    """A frozen copy of ``student`` in eval mode. It never receives gradients."""
+    """A frozen copy of ``student`` in eval mode. It never receives gradients. Hooks attached to the student
+    (feature taps) are not copied: the teacher is a plain network."""
     teacher = copy.deepcopy(student)
+    for module in teacher.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

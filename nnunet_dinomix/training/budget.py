@@ -17,6 +17,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_dinomix.training.dinomix import nnUNetTrainerDinoMix, nnUNetTrainerDinoMixNoFKD, nnUNetTrainerDinoMixNoPIC
 from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher
 
 _ENV = {
@@ -38,15 +39,22 @@ def apply_budget_from_env(trainer) -> None:
                               f"iterations ({trainer.num_val_iterations_per_epoch} validation iterations per epoch)")
 
 
-class nnUNetTrainerBudget(nnUNetTrainer):
+def _with_budget(parent: type) -> type:
+    """``<parent>Budget``: ``parent`` with the training length from the environment. Defined at module level under
+    its own name, so it pickles and nnU-Net finds it by name like any other trainer."""
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        parent.__init__(self, plans, configuration, fold, dataset_json, device)
         apply_budget_from_env(self)
 
+    name = parent.__name__ + "Budget"
+    return type(name, (parent,), {"__init__": __init__, "__module__": __name__, "__qualname__": name,
+                                  "__doc__": f"{parent.__name__} with the training length from DINOMIX_* variables."})
 
-class nnUNetTrainerMeanTeacherBudget(nnUNetTrainerMeanTeacher):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        apply_budget_from_env(self)
+
+nnUNetTrainerBudget = _with_budget(nnUNetTrainer)
+nnUNetTrainerMeanTeacherBudget = _with_budget(nnUNetTrainerMeanTeacher)
+nnUNetTrainerDinoMixBudget = _with_budget(nnUNetTrainerDinoMix)
+nnUNetTrainerDinoMixNoFKDBudget = _with_budget(nnUNetTrainerDinoMixNoFKD)
+nnUNetTrainerDinoMixNoPICBudget = _with_budget(nnUNetTrainerDinoMixNoPIC)

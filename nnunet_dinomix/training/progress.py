@@ -35,7 +35,8 @@ class SemiSupervisedLocalLogger(LocalLogger):
         epochs = min(len(v) for v in log.values())
         x = list(range(epochs))
         sns.set(font_scale=2.5)
-        fig, axes = plt.subplots(4, 1, figsize=(30, 72))
+        pic_keys = [k for k in self.extra_keys if k.startswith("pic_prob_")]
+        fig, axes = plt.subplots(5 if pic_keys else 4, 1, figsize=(30, 90 if pic_keys else 72))
 
         ax = axes[0]
         ax2 = ax.twinx()
@@ -67,17 +68,30 @@ class SemiSupervisedLocalLogger(LocalLogger):
 
         ax = axes[3]
         ax2 = ax.twinx()
-        styles = {"train_loss_unsup": ("m", "-", ax), "unsup_weight": ("k", "--", ax2),
-                  "confident_fraction": ("c", "dotted", ax2)}
+        styles = {"train_loss_unsup": ("m", "-", ax), "train_loss_fkd": ("y", "-", ax),
+                  "unsup_weight": ("k", "--", ax2), "confident_fraction": ("c", "dotted", ax2)}
         for key in self.extra_keys:
             if key in styles:
                 color, ls, target = styles[key]
                 target.plot(x, log[key][:epochs], color=color, ls=ls, label=key, linewidth=4)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("unsupervised loss")
+        ax.set_ylabel("unsupervised / distillation loss")
         ax2.set_ylabel("weight / fraction")
         ax.legend(loc=(0, 1))
         ax2.legend(loc=(0.3, 1))
+
+        if pic_keys:  # the PIC curriculum: class sampling probabilities and gamma
+            ax = axes[4]
+            ax2 = ax.twinx()
+            for key in pic_keys:
+                ax.plot(x, log[key][:epochs], ls="-", label=key[len("pic_prob_"):], linewidth=3)
+            if "pic_gamma" in log:
+                ax2.plot(x, log["pic_gamma"][:epochs], color="k", ls="--", label="gamma", linewidth=3)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("PIC class sampling probability")
+            ax2.set_ylabel("gamma")
+            ax.legend(loc=(0, 1), ncol=min(len(pic_keys), 6))
+            ax2.legend(loc=(0.9, 1))
 
         plt.tight_layout()
         fig.savefig(os.path.join(output_folder, "progress.png"))

@@ -61,7 +61,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         # background workers for the unlabeled stream; None: as many as nnU-Net gives its training stream
         self.num_processes_unlabeled: Optional[int] = None
         self._iteration_in_epoch = 0
-        self.logger.local_logger = SemiSupervisedLocalLogger(self.extra_log_keys)
+        self.logger.local_logger = SemiSupervisedLocalLogger(self.log_keys())
+
+    def log_keys(self) -> Tuple[str, ...]:
+        """Per-epoch means of these ``train_step`` outputs go to the log and progress.png."""
+        return tuple(self.extra_log_keys)
 
     # ------------------------------------------------------------------ set-up
     def check_supported(self) -> None:
@@ -166,7 +170,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        for key in self.extra_log_keys:
+        for key in self.log_keys():
             values = np.array([float(o[key]) for o in train_outputs if key in o], dtype=float)
             value = float(np.nanmean(values)) if len(values) else float("nan")
             if self.is_ddp:
@@ -176,7 +180,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             self.logger.log(key, value, self.current_epoch)
 
     def on_epoch_end(self):
-        for key in self.extra_log_keys:
+        for key in self.log_keys():
             self.print_to_log_file(key, np.round(self.logger.get_value(key, step=-1), decimals=4))
         super().on_epoch_end()
 

@@ -1,0 +1,139 @@
+"""nnUNetTrainerDinoMix and its ablations in-process on the tiny phantom, with a random DINOv3 in Meta's format."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import DATASET_ID, TINY_PLANS
+from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
+from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
+
+CPU = torch.device("cpu")
+
+
+def _trainer(name, dataset=DATASET_ID):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    return get_trainer_from_args(str(dataset), "3d_fullres", "all", name, TINY_PLANS, device=CPU)
+
+
+@pytest.fixture
+def teacher_env(dinov3_meta_file, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, dinov3_meta_file)
+    return dinov3_meta_file
+
+
+@pytest.fixture
+def dinomix(phantom_with_pool, teacher_env):
+    t = _trainer("nnUNetTrainerDinoMix")
+    t.on_train_start()
+    t.on_train_epoch_start()
+    yield t
+    t.on_train_end()
+    shutil.rmtree(t.output_folder_base, ignore_errors=True)
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_train_step_trains_student_and_head_never_the_teacher(dinomix):
+    t = dinomix
+    teacher = t.distiller.teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    optimised = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in optimised for p in teacher.parameters())
+    assert all(id(p) in optimised for p in t.distiller.head.parameters())
+    assert not any(k.startswith("teacher") for k in t.distiller.state_dict())
+
+    teacher_0, head_0, student_0 = _params(teacher), _params(t.distiller.head), _params(t.student)
+    t.network.train()  # nnU-Net switches the network to train mode every epoch; the teacher must stay in eval
+    outputs = [t.train_step(next(t.dataloader_train)) for _ in range(2)]
+    out = outputs[-1]
+    assert {"train_loss_fkd", "pic_gamma", "train_loss_sup", "train_loss_unsup"} <= set(out)
+    assert all(torch.isfinite(torch.as_tensor(out[k])).all() for k in out)
+    assert 0.0 < float(out["train_loss_fkd"]) <= 4.0  # normalised MSE = 2 - 2 cos
+    probs = [out[k] for k in out if k.startswith("pic_prob_")]
+    assert len(probs) == 8 and sum(probs) == pytest.approx(1.0, abs=1e-5)
+    assert not teacher.training
+    assert all(torch.equal(a, b) for a, b in zip(teacher_0, _params(teacher)))
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(head_0, _params(t.distiller.head)))
+    assert any(not torch.equal(a, b) for a, b in zip(student_0, _params(t.student)))
+    assert t.class_counts.updates == 2 and t.class_counts.value.sum() > 0
+
+    t.on_train_epoch_end(outputs)
+    assert t.logger.get_value("train_loss_fkd", step=-1) == pytest.approx(
+        sum(float(o["train_loss_fkd"]) for o in outputs) / 2)
+
+
+def test_checkpoint_holds_plain_network_and_resumes_head_counts_and_sampler(dinomix, tmp_path):
+    t = dinomix
+    t.num_iterations_per_epoch = 2  # nnU-Net checkpoints at the end of an epoch: simulate a 2-iteration epoch
+    for _ in range(2):
+        t.train_step(next(t.dataloader_train))
+    path = str(tmp_path / "checkpoint.pth")
+    t.save_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    plain = nnUNetTrainer.build_network_architecture(t.plans_manager, t.configuration_manager, 1,
+                                                     t.label_manager.num_segmentation_heads, False)
+    assert set(ckpt["network_weights"]) == set(plain.state_dict())
+    plain.load_state_dict(ckpt["network_weights"])
+    state = ckpt[CHECKPOINT_KEY]
+    assert set(state["fkd_head"]) == set(t.distiller.head.state_dict())
+    assert not any("blocks." in k or "cls_token" in k for k in state["fkd_head"])  # no DINOv3 weights saved
+
+    fresh = _trainer("nnUNetTrainerDinoMix")
+    fresh.num_iterations_per_epoch = 2
+    fresh.load_checkpoint(path)
+    assert fresh.global_step == t.global_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(_params(fresh.distiller.head), _params(t.distiller.head)))
+    # the curriculum resumes exactly: same counts, same position, same next box draws
+    assert fresh.class_counts.updates == t.class_counts.updates
+    torch.testing.assert_close(fresh.class_probabilities(), t.class_probabilities(), rtol=0, atol=0)
+    assert torch.equal(torch.rand(4, generator=fresh.pic_generator), torch.rand(4, generator=t.pic_generator))
+
+
+def test_full_trainer_refuses_to_start_without_weights(phantom_with_pool, monkeypatch, tmp_path):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    t = _trainer("nnUNetTrainerDinoMix")
+    with pytest.raises(DinoMixError, match=f"{WEIGHTS_ENV} is not set.*licence-gated"):
+        t.on_train_start()
+    assert t.network is None
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "nowhere.pth"))
+    with pytest.raises(DinoMixError, match="nowhere.pth.*does not exist.*nnUNetTrainerDinoMixNoFKD"):
+        _trainer("nnUNetTrainerDinoMix").on_train_start()
+
+
+def test_ablation_without_fkd_runs_without_any_weights(phantom_with_pool, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    t = _trainer("nnUNetTrainerDinoMixNoFKD")
+    t.on_train_start()
+    try:
+        t.on_train_epoch_start()
+        out = t.train_step(next(t.dataloader_train))
+        assert t.distiller is None and float(out["train_loss_fkd"]) == 0.0
+        assert "pic_gamma" in out
+    finally:
+        t.on_train_end()
+        shutil.rmtree(t.output_folder_base, ignore_errors=True)
+
+
+def test_ablation_without_pic_does_not_mix(phantom_with_pool, teacher_env):
+    t = _trainer("nnUNetTrainerDinoMixNoPIC")
+    t.on_train_start()
+    try:
+        t.on_train_epoch_start()
+        x_l, y_l = t.labeled_batch(next(t.dataloader_train))
+        x_u = t.unlabeled_batch()
+        mixed = t.pic_mix(x_l, y_l, x_u, t.teacher_pseudo_labels(x_u))
+        assert mixed.boxes == [] and torch.equal(mixed.image, torch.cat((x_l, x_u)))
+        assert t.class_counts is None and "pic_gamma" not in t.log_keys()
+        out = t.train_step(next(t.dataloader_train))
+        assert float(out["train_loss_fkd"]) > 0
+    finally:
+        t.on_train_end()
+        shutil.rmtree(t.output_folder_base, ignore_errors=True)
