@@ -43,6 +43,33 @@ def one_iteration(t, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+STEP_PARTS = ("unlabeled_batch", "teacher_predict", "teacher_pseudo_labels", "pic_mix", "student_predict",
+              "student_forward", "segmentation_losses", "fkd_loss", "optimizer_step", "update_teacher")
+
+
+def profile(t, device: torch.device, steps: int) -> str:
+    from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for step in STEP_PARTS:  # label the named steps of train_step in the profile (instance attributes only)
+        method = getattr(t, step, None)
+        if method is not None:
+            def labelled(*a, _method=method, _name=step, **k):
+                with record_function(f"step:{_name}"):
+                    return _method(*a, **k)
+            setattr(t, step, labelled)
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            with record_function("iteration"):
+                one_iteration(t, device)
+    keys = ("device_time_total", "cuda_time_total") if device.type == "cuda" else ("cpu_time_total",)
+    for key in keys:  # the CUDA column's name changed across torch versions
+        try:
+            return prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return prof.key_averages().table(row_limit=25, max_name_column_width=60)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-d", required=True)
@@ -53,10 +80,21 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write a markdown result file")
+    p.add_argument("--random-teacher", default=None, metavar="DIR",
+                   help="write a randomly initialised DINOv3 ViT-S/16 (Meta's .pth layout) into DIR and use it for the "
+                        "FKD trainers: same cost as the real weights, no knowledge")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="afterwards, profile N iterations of the last trainer and add the top operators to the report")
     args = p.parse_args(argv)
 
     from nnunet_dinomix import discovery
     discovery.register_in_environment()
+    teacher_note = os.environ.get("DINOMIX_DINOV3_WEIGHTS", "none")
+    if args.random_teacher:
+        from nnunet_dinomix.fkd.random_teacher import random_dinov3, write_meta_checkpoint
+        os.makedirs(args.random_teacher, exist_ok=True)
+        os.environ["DINOMIX_DINOV3_WEIGHTS"] = write_meta_checkpoint(random_dinov3(), args.random_teacher)
+        teacher_note = "randomly initialised ViT-S/16 (12 blocks) in Meta's .pth layout"
     device = torch.device(args.device)
     trainers = {name: build(name, args.d, args.c, args.p, device) for name in args.trainers}
     times = {name: [] for name in trainers}
@@ -72,6 +110,12 @@ def main(argv=None) -> int:
             times[name].append(one_iteration(trainers[name], device))
             if device.type == "cuda":
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
+    profile_lines = []
+    if args.profile > 0:
+        last = list(trainers)[-1]
+        profile_lines = [f"## Profile of {last} ({args.profile} iterations, torch.profiler, top operators by "
+                         f"{'CUDA' if device.type == 'cuda' else 'CPU'} time)", "", "```",
+                         profile(trainers[last], device, args.profile), "```", ""]
     for t in trainers.values():
         with contextlib.redirect_stdout(io.StringIO()):
             t.on_train_end()
@@ -100,9 +144,10 @@ def main(argv=None) -> int:
         f"- date: {date.today().isoformat()}", f"- machine: {machine}", f"- torch {torch.__version__}",
         f"- command: `{command}`",
         f"- setting: dataset {args.d}, {args.c}, plans {args.p}; {header}; nnUNet_n_proc_DA="
-        f"{os.environ.get('nnUNet_n_proc_DA', 'default')}",
+        f"{os.environ.get('nnUNet_n_proc_DA', 'default')}, nnUNet_compile={os.environ.get('nnUNet_compile', 'default')}",
+        f"- DINOv3 teacher (FKD trainers): {teacher_note}",
         f"- method: {args.warmup} warm-up iterations each, then {args.steps} iterations per trainer, taking turns "
-        f"in one process; an iteration is next(dataloader_train) + train_step", "", *lines, ""])
+        f"in one process; an iteration is next(dataloader_train) + train_step", "", *lines, "", *profile_lines])
     print(report)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

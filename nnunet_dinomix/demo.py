@@ -1,14 +1,15 @@
-"""``dinomix_demo``: the whole nnU-Net workflow on the synthetic phantom, plain nnU-Net against Mean Teacher.
+"""``dinomix_demo``: the whole nnU-Net workflow on the synthetic phantom, plain nnU-Net against semi-supervised.
 
 Steps, each a real command a user would run:
 generate phantom -> nnUNetv2_plan_and_preprocess -> dinomix_plans_preset (tiny CPU network) ->
-dinomix_preprocess_unlabeled -> nnUNetv2_train (nnUNetTrainerBudget, nnUNetTrainerMeanTeacherBudget; the same
-labeled cases, the same iterations) -> nnUNetv2_predict on the test images -> nnUNetv2_evaluate_folder ->
-per-class Dice table (markdown, CSV, PNG).
+dinomix_preprocess_unlabeled -> nnUNetv2_train (by default nnUNetTrainer, nnUNetTrainerMeanTeacher and
+nnUNetTrainerDinoMixNoFKD as their Budget variants; the same labeled cases, the same iterations) ->
+nnUNetv2_predict on the test images -> nnUNetv2_evaluate_folder -> per-class Dice table (markdown, CSV, PNG).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import shlex
 import subprocess
@@ -24,9 +25,9 @@ DATASET_ID = 990
 DATASET_NAME = "DinoMixPhantom"
 PLANS = "nnUNetPlansTinyCPU"
 CONFIGURATION = "3d_fullres"
-TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget")
-# default budget: 6 epochs x 20 iterations (about 17 min on 2 CPU cores); --long: 40 x 50
-DEFAULT_BUDGET = (6, 20)
+TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget")
+# default budget: 5 epochs x 16 iterations (under 20 min on 2 CPU cores for the three trainers); --long: 40 x 50
+DEFAULT_BUDGET = (5, 16)
 LONG_BUDGET = (40, 50)
 
 
@@ -64,19 +65,20 @@ def run(cmd: Sequence[str], env: Dict[str, str], log_file: Optional[str] = None)
     print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
-def train_predict_evaluate(trainer: str, workdir: str, env: Dict[str, str], device: str, fold: str = "all") -> str:
+def train_predict_evaluate(trainer: str, workdir: str, env: Dict[str, str], device: str, plans: str = PLANS,
+                           fold: str = "all") -> str:
     raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET_ID, DATASET_NAME))
     logs = os.path.join(workdir, "logs")
     os.makedirs(logs, exist_ok=True)
     train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0"))
-    run([_bin("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, fold, "-tr", trainer, "-p", PLANS,
+    run([_bin("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, fold, "-tr", trainer, "-p", plans,
          "-device", device], train_env, os.path.join(logs, f"train_{trainer}.log"))
     prediction = os.path.join(workdir, "predictions", trainer)
     run([_bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d", str(DATASET_ID),
-         "-c", CONFIGURATION, "-f", fold, "-tr", trainer, "-p", PLANS, "-device", device, "--disable_tta",
+         "-c", CONFIGURATION, "-f", fold, "-tr", trainer, "-p", plans, "-device", device, "--disable_tta",
          "-npp", "1", "-nps", "1"], env, os.path.join(logs, f"predict_{trainer}.log"))
     plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET_ID, DATASET_NAME),
-                              PLANS + ".json")
+                              plans + ".json")
     run([_bin("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction,
          "-djfile", os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], env,
         os.path.join(logs, f"evaluate_{trainer}.log"))
@@ -93,6 +95,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
+    parser.add_argument("--trainers", nargs="+", default=list(TRAINERS),
+                        help=f"trainers to compare, first is the reference [default: {' '.join(TRAINERS)}]; the "
+                             f"full nnUNetTrainerDinoMixBudget needs DINOMIX_DINOV3_WEIGHTS")
+    parser.add_argument("--plans", default="tiny", choices=("tiny", "nnUNetPlans"),
+                        help="tiny: the tiny_cpu preset (CPU); nnUNetPlans: nnU-Net's own plans (GPU) [default: tiny]")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the trainers at the same time (one GPU has room for several phantom runs)")
+    parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="phantom volume size [default: 40 80 80]")
     args = parser.parse_args(argv)
 
     workdir = os.path.abspath(args.output)
@@ -109,29 +120,44 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.makedirs(env[k], exist_ok=True)
     start = time.time()
 
-    print(f"[1/6] Generating the phantom dataset in {env['nnUNet_raw']}", flush=True)
-    write_phantom_dataset(env["nnUNet_raw"], DATASET_ID, DATASET_NAME, PhantomSplit(), seed=args.seed)
-    print("[2/6] nnU-Net planning and preprocessing", flush=True)
+    print(f"[1/5] Generating the phantom dataset in {env['nnUNet_raw']}", flush=True)
+    from nnunet_dinomix.phantom.generator import PhantomConfig
+    config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
+    raw = write_phantom_dataset(env["nnUNet_raw"], DATASET_ID, DATASET_NAME, PhantomSplit(), seed=args.seed,
+                                config=config)
+    print("[2/5] nnU-Net planning and preprocessing", flush=True)
     # nnU-Net 2.8.1's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
     plan_env = dict(env, nnUNet_n_proc_DA="2")
     run([_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "2"], plan_env,
         os.path.join(workdir, "plan_and_preprocess.log"))
-    print("[3/6] Tiny CPU plans and the unlabeled pool", flush=True)
-    run([_bin("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", "tiny_cpu"], env)
-    run([_bin("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", PLANS, "-np", "2"], env)
+    plans = PLANS if args.plans == "tiny" else "nnUNetPlans"
+    print("[3/5] " + ("Tiny CPU plans and the" if plans == PLANS else "The") + " unlabeled pool", flush=True)
+    if plans == PLANS:
+        run([_bin("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", "tiny_cpu"], env)
+    run([_bin("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", plans, "-np", env["nnUNet_def_n_proc"]],
+        env)
 
-    summaries = {}
-    for i, trainer in enumerate(TRAINERS):
-        print(f"[{4 + i}/6] {trainer}: {epochs} epochs x {iterations} iterations, predict, evaluate", flush=True)
-        summaries[trainer] = train_predict_evaluate(trainer, workdir, env, args.device)
+    def one(trainer: str) -> str:
+        print(f"{trainer}: {epochs} epochs x {iterations} iterations, predict, evaluate", flush=True)
+        return train_predict_evaluate(trainer, workdir, env, args.device, plans)
 
-    from nnunet_dinomix.report import load_summary, to_markdown, dice_rows, write_report
-    print("[6/6] Report", flush=True)
+    print(f"[4/5] Training {len(args.trainers)} trainers" + (" in parallel" if args.parallel else ""), flush=True)
+    if args.parallel:
+        with concurrent.futures.ThreadPoolExecutor(len(args.trainers)) as pool:
+            summaries = dict(zip(args.trainers, pool.map(one, args.trainers)))
+    else:
+        summaries = {t: one(t) for t in args.trainers}
+
+    from nnunet_dinomix.phantom.dataset import summarise_labels
+    from nnunet_dinomix.report import dice_rows, load_summary, rarest_classes, to_markdown, write_report
+    print("[5/5] Report", flush=True)
+    labels_tr = os.path.join(raw, "labelsTr")
+    tail = rarest_classes(summarise_labels([os.path.join(labels_tr, f) for f in sorted(os.listdir(labels_tr))]))
     loaded = {t: load_summary(p) for t, p in summaries.items()}
     title = (f"Phantom test set, per-class Dice (%), {epochs}x{iterations} iterations, 4 labeled + 16 unlabeled "
-             f"cases, seed {args.seed}")
-    paths = write_report(loaded, LABELS, os.path.join(workdir, "report"), title=title)
-    print(to_markdown(dice_rows(loaded, LABELS), list(loaded)))
+             f"cases, seed {args.seed}, plans {plans}")
+    paths = write_report(loaded, LABELS, os.path.join(workdir, "report"), title=title, tail_classes=tail)
+    print(to_markdown(dice_rows(loaded, LABELS, tail), list(loaded)))
     print(f"Report: {paths['md']}, {paths['csv']}, {paths['png']}")
     print(f"Total time: {(time.time() - start) / 60:.1f} min")
     return 0

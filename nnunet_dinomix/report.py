@@ -26,12 +26,26 @@ def per_class_dice(summary: dict, labels: Mapping[str, int]) -> Dict[str, float]
     return out
 
 
-def dice_rows(summaries: Mapping[str, dict], labels: Mapping[str, int]) -> List[dict]:
-    """One row per class (plus the foreground mean): ``{'class': name, trainer: dice, ...}``."""
+def rarest_classes(voxel_counts: Mapping[str, int], n: int = 3) -> List[str]:
+    """The ``n`` foreground classes with the fewest voxels (e.g. in the labeled training cases)."""
+    foreground = {k: v for k, v in voxel_counts.items() if k != "background"}
+    return sorted(foreground, key=lambda k: foreground[k])[:n]
+
+
+def dice_rows(summaries: Mapping[str, dict], labels: Mapping[str, int],
+              tail_classes: Sequence[str] = ()) -> List[dict]:
+    """One row per class, the foreground mean, and with ``tail_classes`` the mean over those (NaN-aware):
+    ``{'class': name, trainer: dice, ...}``."""
     per_trainer = {t: per_class_dice(s, labels) for t, s in summaries.items()}
     classes = list(next(iter(per_trainer.values())).keys())
     rows = [{"class": c, **{t: per_trainer[t][c] for t in per_trainer}} for c in classes]
     rows.append({"class": "mean (foreground)", **{t: float(s["foreground_mean"]["Dice"]) for t, s in summaries.items()}})
+    if tail_classes:
+        def tail_mean(t):
+            values = [per_trainer[t][c] for c in tail_classes if not math.isnan(per_trainer[t][c])]
+            return sum(values) / len(values) if values else float("nan")
+        rows.append({"class": f"mean ({len(tail_classes)} rarest: {', '.join(tail_classes)})",
+                     **{t: tail_mean(t) for t in per_trainer}})
     return rows
 
 
@@ -82,11 +96,11 @@ def plot_bars(rows: Sequence[dict], trainers: Sequence[str], path: str, title: s
 
 
 def write_report(summaries: Mapping[str, dict], labels: Mapping[str, int], folder: str, name: str = "dice",
-                 title: str = "") -> Dict[str, str]:
+                 title: str = "", tail_classes: Sequence[str] = ()) -> Dict[str, str]:
     """Write ``{name}.md``, ``{name}.csv`` and ``{name}.png``; return the paths and print nothing."""
     os.makedirs(folder, exist_ok=True)
     trainers = list(summaries)
-    rows = dice_rows(summaries, labels)
+    rows = dice_rows(summaries, labels, tail_classes)
     paths = {ext: os.path.join(folder, f"{name}.{ext}") for ext in ("md", "csv", "png")}
     with open(paths["md"], "w") as f:
         f.write(to_markdown(rows, trainers, title))

@@ -1,46 +1,12 @@
-"""Randomly initialised DINOv3 ViT-S weights written in the exact on-disk formats of the published checkpoints
-(the real weights are licence-gated and never downloaded): Meta's .pth key names, Hugging Face folders."""
+"""DINOv3 files for the tests: Meta's layout comes from the package (nnunet_dinomix.fkd.random_teacher); this adds
+the Hugging Face folder layout (transformers' DINOv3ViTModel on disk)."""
 import json
 
-import torch
 from safetensors.torch import save_file
 
+from nnunet_dinomix.fkd.random_teacher import meta_state_dict, random_dinov3, write_meta_checkpoint  # noqa: F401
+
 DEPTH = 2
-
-
-def random_dinov3(depth: int = DEPTH, seed: int = 0):
-    """A timm DINOv3 ViT-S/16 with random weights; layer scales and norms randomised so every block matters."""
-    import timm
-    torch.manual_seed(seed)
-    model = timm.create_model("vit_small_patch16_dinov3", pretrained=False, depth=depth, num_classes=0).eval()
-    with torch.no_grad():  # layer scale starts at 1e-5
-        for name, p in model.named_parameters():
-            if "gamma" in name or "norm" in name:
-                p.copy_(torch.rand_like(p) + 0.5)
-    return model
-
-
-def write_meta_checkpoint(model, folder) -> str:
-    """Save ``model`` as Meta's released ViT-S/16 file (name and key layout) in ``folder``; returns the path."""
-    path = str(folder / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth")
-    torch.save(meta_state_dict(model), path)
-    return path
-
-
-def meta_state_dict(model):
-    """timm -> Meta key names, as in Meta's released .pth (incl. the entries timm discards)."""
-    sd = {}
-    for k, v in model.state_dict().items():
-        k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
-        sd[k] = v.clone()
-    dim = sd["cls_token"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    sd["mask_token"] = torch.zeros(1, dim)
-    sd["rope_embed.periods"] = torch.rand(dim // 6 // 4).to(torch.bfloat16)
-    for i in range(depth):
-        sd[f"blocks.{i}.attn.qkv.bias"] = torch.zeros(3 * dim)  # released weights: all-zero qkv biases
-        sd[f"blocks.{i}.attn.qkv.bias_mask"] = torch.ones(3 * dim)
-    return sd
 
 
 def hf_folder(model, folder):

@@ -62,6 +62,7 @@ def test_train_step_trains_student_and_head_never_the_teacher(dinomix):
     assert any(not torch.equal(a, b) for a, b in zip(head_0, _params(t.distiller.head)))
     assert any(not torch.equal(a, b) for a, b in zip(student_0, _params(t.student)))
     assert t.class_counts.updates == 2 and t.class_counts.value.sum() > 0
+    assert t.pic_mirror_axes == (0, 1, 2)  # mirroring moved from the loaders to after the mix
 
     t.on_train_epoch_end(outputs)
     assert t.logger.get_value("train_loss_fkd", step=-1) == pytest.approx(

@@ -13,7 +13,7 @@ from nnunet_dinomix.fkd.teacher import build_dinov3, infer_arch, read_weights
 
 @pytest.fixture(scope="module")
 def reference():
-    return random_dinov3()
+    return random_dinov3(depth=DEPTH)
 
 
 @pytest.fixture

@@ -75,3 +75,48 @@ def test_predict_does_not_need_the_unlabeled_pool(phantom_dataset, tmp_path):
     finally:
         os.rename(hidden, pre)
     assert (tmp_path / "p" / "case_0200.nii.gz").is_file()
+
+
+DINOMIX = "nnUNetTrainerDinoMixBudget"
+
+
+def test_dinomix_train_resume_predict_without_weights_and_show_pic(phantom_dataset, dinov3_meta_file, tmp_path):
+    """The full trainer with a random DINOv3 in Meta's .pth layout; prediction on a machine without any weights."""
+    ds = str(DATASET_ID)
+    run_cli("dinomix_preprocess_unlabeled", "-d", ds, "-p", TINY_PLANS, "-np", "1")
+    weights = {"DINOMIX_DINOV3_WEIGHTS": dinov3_meta_file}
+    doctor = run_cli("dinomix_doctor", "-d", ds, "-p", TINY_PLANS, "-tr", "nnUNetTrainerDinoMix",
+                     env_extra=weights)
+    assert "0 failed" in doctor.stdout and "vits16 (1 blocks" in doctor.stdout
+    no_weights = run_cli("dinomix_doctor", "-tr", "nnUNetTrainerDinoMix", check=False,
+                         env_extra={"DINOMIX_DINOV3_WEIGHTS": ""})
+    assert no_weights.returncode == 1 and "licence-gated" in no_weights.stdout
+
+    train = ["nnUNetv2_train", ds, "3d_fullres", "all", "-tr", DINOMIX, "-p", TINY_PLANS, "-device", "cpu"]
+    run_cli(*train, env_extra={**weights, **_budget(1)})
+    fold = os.path.join(os.environ["nnUNet_results"], phantom_dataset["name"],
+                        f"{DINOMIX}__{TINY_PLANS}__3d_fullres", "fold_all")
+    first = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    state = first[CHECKPOINT_KEY]
+    assert state["fkd_head"] and state["pic_counts"]["updates"] == 3
+    log = open(os.path.join(fold, [f for f in os.listdir(fold) if f.startswith("training_log")][0])).read()
+    assert "FKD: DINOv3 from" in log and "train_loss_fkd" in log and "pic_prob_adrenal" in log
+
+    run_cli(*train, "--c", env_extra={**weights, **_budget(2)})
+    second = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert second["current_epoch"] == 2 and second[CHECKPOINT_KEY]["pic_counts"]["updates"] == 6
+    assert len(second["logging"]["pic_gamma"]) == 2
+    assert second["logging"]["pic_gamma"][1] < second["logging"]["pic_gamma"][0] <= 1.0  # the curriculum moved on
+
+    out = tmp_path / "predictions"
+    run_cli("nnUNetv2_predict", "-i", os.path.join(phantom_dataset["raw"], "imagesTs"), "-o", out, "-d", ds, "-c",
+            "3d_fullres", "-f", "all", "-tr", DINOMIX, "-p", TINY_PLANS, "-device", "cpu", "--disable_tta",
+            "-npp", "1", "-nps", "1", env_extra={"DINOMIX_DINOV3_WEIGHTS": ""})
+    assert (out / "case_0200.nii.gz").is_file()
+
+    pictures = tmp_path / "pic"
+    shown = run_cli("dinomix_show_pic", "-d", ds, "-p", TINY_PLANS, "-tr", DINOMIX, "-chk",
+                    os.path.join(fold, "checkpoint_final.pth"), "-o", pictures, env_extra=weights)
+    assert "adrenal" in shown.stdout and "boxes in 4 samples" in shown.stdout
+    assert (pictures / "pic_samples.png").stat().st_size > 10000
+    assert (pictures / "pic_probabilities.png").stat().st_size > 5000

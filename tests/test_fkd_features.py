@@ -88,3 +88,70 @@ def test_projection_head_maps_channels_and_grid_and_learns():
         loss.backward()
         opt.step()
     assert loss.item() < first - 0.05  # the distillation loss trains the head
+
+
+# ----------------------------------------------------------------------------- the distiller
+def test_teacher_grid_follows_the_volume_axes(teacher):
+    from nnunet_dinomix.fkd.distiller import FKDistiller
+    torch.manual_seed(4)
+    x = torch.randn(1, 1, 32, 48, 5)  # slices along the last axis (e.g. anisotropic, transposed data)
+    d = FKDistiller(teacher, 8, torch.sigmoid, slice_axis=2)
+    feats = d.teacher_features(x)
+    assert feats.shape == (1, 384, 2, 3, 5)
+    raw = slice_features(teacher, x, torch.sigmoid, slice_axis=2)  # (B, C, S, h, w)
+    torch.testing.assert_close(feats[:, :, :, :, 1], raw[:, :, 1])
+    two_d = d.teacher_features(torch.randn(2, 1, 32, 48))  # a 2D configuration
+    assert two_d.shape == (2, 384, 2, 3)
+
+
+def test_intensity_to_unit_for_ct_and_mr():
+    from nnunet_dinomix.fkd.distiller import intensity_to_unit
+    props = {"mean": 60.0, "std": 40.0, "percentile_00_5": -100.0, "percentile_99_5": 200.0}
+    ct = intensity_to_unit("CTNormalization", props)
+    torch.testing.assert_close(ct(torch.tensor([(50.0 - 60) / 40])), torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="foreground intensity"):
+        intensity_to_unit("CTNormalization", None)
+    assert intensity_to_unit("ZScoreNormalization", None) is robust_minmax_per_slice
+
+
+def test_semantic_uniqueness_weights_outliers_more():
+    from nnunet_dinomix.fkd.distiller import semantic_uniqueness
+    feats = torch.ones(1, 4, 1, 2, 2)
+    feats[0, :, 0, 1, 1] = torch.tensor([1.0, -1.0, 0.0, 0.0])  # one token unlike the others
+    w = semantic_uniqueness(feats)
+    assert w.shape == (1, 1, 1, 2, 2) and (w >= 0).all()
+    assert w[0, 0, 0, 1, 1] > 3 * w[0, 0, 0, 0, 0]
+
+
+def test_default_student_stage_matches_the_vit_patch():
+    from nnunet_dinomix.fkd.distiller import default_student_stage
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+    assert default_student_stage(strides, slice_axis=0) == 4  # in-plane 16
+    assert default_student_stage(strides, slice_axis=0, max_in_plane_stride=4) == 2
+    assert default_student_stage([[1, 1, 1], [2, 2, 1]], slice_axis=2) == 1
+
+
+def test_distiller_trains_the_head_only_and_keeps_the_teacher_frozen_in_eval(teacher):
+    from nnunet_dinomix.fkd.distiller import FKDistiller
+    torch.manual_seed(5)
+    d = FKDistiller(teacher, 8, torch.sigmoid)
+    assert set(n.split(".")[0] for n, _ in d.named_parameters()) == {"head"}
+    assert all(k.startswith("head.") for k in d.state_dict())
+    d.train()  # nnU-Net-style train() calls must not reach the teacher
+    assert not d.teacher.training
+    student = torch.randn(2, 8, 2, 3, 3, requires_grad=True)
+    loss = d.loss(student, torch.randn(2, 1, 4, 32, 32))
+    loss.backward()
+    assert 0 < loss.item() <= 4 and student.grad is not None and student.grad.abs().sum() > 0
+    assert all(p.grad is None for p in d.teacher.parameters())
+    assert all(p.grad is not None for p in d.head.parameters())
+    weighted = FKDistiller(teacher, 8, torch.sigmoid, uniqueness_weighting=True)
+    weighted.head.load_state_dict(d.head.state_dict())
+    assert weighted.loss(student, torch.randn(2, 1, 4, 32, 32)).item() != pytest.approx(loss.item())
+
+
+def test_resample_to_pools_when_shrinking():
+    x = torch.arange(16.0).view(1, 1, 1, 4, 4)
+    out = resample_to(x, (1, 2, 2))
+    torch.testing.assert_close(out, torch.nn.functional.avg_pool3d(x, (1, 2, 2)))
+    assert resample_to(x, (3, 2, 8)).shape == (1, 1, 3, 2, 8)

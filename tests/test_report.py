@@ -2,7 +2,7 @@
 import csv
 import math
 
-from nnunet_dinomix.report import dice_rows, per_class_dice, to_markdown, write_report
+from nnunet_dinomix.report import dice_rows, per_class_dice, rarest_classes, to_markdown, write_report
 
 LABELS = {"background": 0, "liver": 1, "adrenal": 2}
 
@@ -33,3 +33,14 @@ def test_markdown_csv_and_png(tmp_path):
         table = list(csv.reader(f))
     assert table[0] == ["class", "A", "B"] and table[1] == ["liver", "90.00", "80.00"]
     assert (tmp_path / "dice.png").stat().st_size > 1000
+
+
+def test_tail_mean_over_the_rarest_classes():
+    labels = {"background": 0, "liver": 1, "adrenal": 2, "gallbladder": 3}
+    counts = {"background": 10 ** 6, "liver": 5000, "adrenal": 20, "gallbladder": 300}
+    assert rarest_classes(counts, 2) == ["adrenal", "gallbladder"]
+    summary = {"foreground_mean": {"Dice": 0.5},
+               "mean": {"1": {"Dice": 0.9}, "2": {"Dice": 0.2}, "3": {"Dice": float("nan")}}}
+    rows = dice_rows({"A": summary}, labels, rarest_classes(counts, 2))
+    assert rows[-1]["class"] == "mean (2 rarest: adrenal, gallbladder)"
+    assert rows[-1]["A"] == 0.2  # a class absent everywhere (NaN) does not count

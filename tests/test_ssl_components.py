@@ -166,3 +166,19 @@ def test_clipped_gaussian_noise_is_bounded_and_identity_at_zero():
     assert y.abs().max() <= 0.2 + 1e-7
     assert y.std() > 0.05
     assert clipped_gaussian_noise(x, 0.0) is x
+
+
+def test_ema_teacher_does_not_inherit_the_students_hooks():
+    from nnunet_dinomix.ssl.ema import make_ema_teacher
+    from nnunet_dinomix.fkd.tap import FeatureTap
+    student = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.Conv3d(2, 2, 1))
+    tap = FeatureTap(student[0])
+    teacher = make_ema_teacher(student)
+    teacher(torch.randn(1, 1, 2, 2, 2))
+    with pytest.raises(RuntimeError, match="did not run"):
+        tap.pop()  # the teacher's forward did not feed the student's tap
+    student(torch.randn(1, 1, 2, 2, 2))
+    assert tap.pop().shape == (1, 2, 2, 2, 2)
+    tap.remove()
+    student(torch.randn(1, 1, 2, 2, 2))
+    assert tap.features is None

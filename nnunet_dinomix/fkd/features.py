@@ -46,9 +46,8 @@ def to_teacher_rgb(slices01: torch.Tensor, size: Tuple[int, int]) -> torch.Tenso
     """(N, 1, H, W) in [0, 1] -> (N, 3, *size), ImageNet-normalised."""
     x = F.interpolate(slices01, size=size, mode="bilinear", align_corners=False) if slices01.shape[-2:] != size \
         else slices01
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x.expand(-1, 3, -1, -1) - mean) / std
+    # python scalars, not a device tensor built from a list: that would be a synchronising host-to-device copy
+    return torch.cat([(x - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dim=1)
 
 
 def patch_tokens(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:

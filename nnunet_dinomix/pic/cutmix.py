@@ -143,3 +143,23 @@ def downsample_nearest(maps: torch.Tensor, scales: Optional[Sequence[Sequence[fl
         size = [round(n * f) for n, f in zip(maps.shape[2:], s)]
         out.append(F.interpolate(as_float, size, mode="nearest-exact").to(maps.dtype))
     return out
+
+
+def mirror(batch: MixBatch, axes: Optional[Sequence[int]], generator: Optional[torch.Generator] = None) -> MixBatch:
+    """nnU-Net's mirroring augmentation (each allowed spatial axis flipped with probability 1/2, per sample),
+    applied to image, label and provenance together.
+
+    PIC runs it after mixing instead of in the loaders: when source and target are mirrored independently, a
+    pasted left kidney lands on the target's right side and the pair of lateral classes gets confused. Mixing
+    unmirrored samples and mirroring the result keeps every box on its anatomical side.
+    """
+    if not axes:
+        return batch
+    out = {name: getattr(batch, name).clone() for name in ("image", "label", "ground_truth", "pseudo_weight")}
+    flips = torch.rand(batch.image.shape[0], len(axes), generator=generator) < 0.5
+    for i in range(batch.image.shape[0]):
+        dims = [2 + a for a, f in zip(axes, flips[i].tolist()) if f]
+        if dims:
+            for name, tensor in out.items():
+                tensor[i] = torch.flip(tensor[i:i + 1], dims)[0]
+    return replace(batch, **out)

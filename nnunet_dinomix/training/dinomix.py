@@ -30,33 +30,13 @@ import torch
 
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fkd.distiller import FKDistiller, default_student_stage, intensity_to_unit
+from nnunet_dinomix.fkd.tap import FeatureTap
 from nnunet_dinomix.pic.curriculum import ClassCounts, class_probabilities, gamma_at, voxel_counts
-from nnunet_dinomix.pic.cutmix import MixBatch, apply_boxes, assemble, downsample_nearest, draw_boxes
+from nnunet_dinomix.pic.cutmix import MixBatch, apply_boxes, assemble, downsample_nearest, draw_boxes, mirror
 from nnunet_dinomix.ssl.losses import deep_supervision_sum, masked_dice_ce, pseudo_labels
 from nnunet_dinomix.ssl.perturb import clipped_gaussian_noise
 from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_dinomix.training.semi_supervised import as_list
-
-
-class FeatureTap:
-    """Keeps the output of one module of the student from its latest forward (a forward hook). Works through
-    DDP and torch.compile wrappers, which a direct call of the encoder would bypass."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.features: Optional[torch.Tensor] = None
-        self._handle = module.register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output):
-        self.features = output
-
-    def pop(self) -> torch.Tensor:
-        features, self.features = self.features, None
-        if features is None:
-            raise RuntimeError("the tapped student stage did not run in the last forward")
-        return features
-
-    def remove(self) -> None:
-        self._handle.remove()
 
 
 class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
@@ -72,7 +52,7 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
         self.dinov3_arch: Optional[str] = None  # e.g. 'vits16' to insist on a size; None: whatever the file holds
         self.fkd_stage: Optional[int] = None  # encoder stage; None: deepest with in-plane stride <= 16
         self.fkd_teacher_scale = 1.0  # teacher input = scale x slice size, rounded to a multiple of 16
-        self.fkd_chunk = 64  # slices per teacher forward
+        self.fkd_chunk = 512  # slices per teacher forward (bounds memory; fewer, larger forwards keep the GPU busy)
         self.fkd_channel = 0  # input channel shown to the teacher
         self.fkd_uniqueness_weighting = False
         # PIC
@@ -86,6 +66,7 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
         self._feature_tap: Optional[FeatureTap] = None
         self.class_counts: Optional[ClassCounts] = None
         self.pic_generator: Optional[torch.Generator] = None
+        self.pic_mirror_axes: Optional[Tuple[int, ...]] = None  # taken over from the loaders' transforms
 
     # ------------------------------------------------------------------ the algorithm
     def train_step(self, batch: dict) -> dict:
@@ -94,6 +75,7 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
         with self.autocast():
             pseudo = self.teacher_pseudo_labels(x_u)  # 1. consistency teacher
             mixed = self.pic_mix(x_l, y_l, clipped_gaussian_noise(x_u, self.student_noise_std), pseudo)  # 2. PIC
+            mixed = mirror(mixed, self.pic_mirror_axes, self.pic_generator)  # nnU-Net's mirroring, after the mix
             outputs, features = self.student_forward(mixed.image)  # 3. student
             loss_sup, loss_unsup = self.segmentation_losses(outputs, mixed)
             loss_fkd = self.fkd_loss(features, mixed.image)  # 4. FKD
@@ -139,6 +121,17 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
         if self.distiller is None or student_features is None:
             return torch.zeros((), device=self.device)
         return self.distiller.loss(student_features, x)
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, *args, **kwargs):
+        """nnU-Net's training transforms; with PIC, mirroring moves from the loaders to after the mix (see
+        :func:`nnunet_dinomix.pic.cutmix.mirror`). nnU-Net declares this a staticmethod; here it is bound to the
+        trainer to record the axes. Inference mirroring (TTA) is unaffected."""
+        if self.use_pic and mirror_axes:
+            self.pic_mirror_axes = tuple(mirror_axes)
+            mirror_axes = None
+        return super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                               do_dummy_2d_data_aug, *args, **kwargs)
 
     # ------------------------------------------------------------------ PIC curriculum
     def curriculum_gamma(self) -> float:

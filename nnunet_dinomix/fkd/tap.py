@@ -1,0 +1,27 @@
+"""Read a feature map out of a network's forward without changing how the network is called (no nnU-Net import)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+class FeatureTap:
+    """Keeps the output of one module of the student from its latest forward (a forward hook). Works through
+    DDP and torch.compile wrappers, which a direct call of the encoder would bypass."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.features: Optional[torch.Tensor] = None
+        self._handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self.features = output
+
+    def pop(self) -> torch.Tensor:
+        features, self.features = self.features, None
+        if features is None:
+            raise RuntimeError("the tapped student stage did not run in the last forward")
+        return features
+
+    def remove(self) -> None:
+        self._handle.remove()
