@@ -26,8 +26,8 @@ DATASET_NAME = "DinoMixPhantom"
 PLANS = "nnUNetPlansTinyCPU"
 CONFIGURATION = "3d_fullres"
 TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget")
-# default budget: 5 epochs x 16 iterations (under 20 min on 2 CPU cores for the three trainers); --long: 40 x 50
-DEFAULT_BUDGET = (5, 16)
+# default budget: 6 epochs x 20 iterations (about 15 min on 2 CPU cores for the three trainers); --long: 40 x 50
+DEFAULT_BUDGET = (6, 20)
 LONG_BUDGET = (40, 50)
 
 

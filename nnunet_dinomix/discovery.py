@@ -6,6 +6,7 @@ from typing import List
 
 ENV = "nnUNet_extTrainer"
 TRAINERS = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerDinoMix", "nnUNetTrainerDinoMixNoFKD", "nnUNetTrainerDinoMixNoPIC",
+            "nnUNetTrainerDinoMixUniqueness",
             "nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixBudget",
             "nnUNetTrainerDinoMixNoFKDBudget", "nnUNetTrainerDinoMixNoPICBudget")
 

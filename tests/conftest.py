@@ -2,6 +2,7 @@
 
 nnU-Net reads some variables at import time, so they are set here, before anything imports nnunetv2.
 """
+import contextlib
 import itertools
 import os
 import shutil
@@ -72,12 +73,36 @@ def phantom_with_pool(phantom_dataset):
     return phantom_dataset
 
 
+def make_trainer(name: str, dataset=DATASET_ID, plans: str = TINY_PLANS):
+    """A trainer as ``nnUNetv2_train`` builds it (on the CPU)."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    return get_trainer_from_args(str(dataset), "3d_fullres", "all", name, plans, device=torch.device("cpu"))
+
+
+@contextlib.contextmanager
+def started_trainer(name: str, dataset=DATASET_ID):
+    """A trainer after ``on_train_start`` and ``on_train_epoch_start``; shut down and its output removed after."""
+    t = make_trainer(name, dataset)
+    t.on_train_start()
+    try:
+        t.on_train_epoch_start()
+        yield t
+    finally:
+        t.on_train_end()
+        shutil.rmtree(t.output_folder_base, ignore_errors=True)
+
+
+def parameters_of(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
 @pytest.fixture(scope="session")
 def dinov3_meta_file():
     """A randomly initialised DINOv3 ViT-S/16 (1 block, to keep CPU tests fast) saved as Meta's released .pth."""
     import pathlib
 
-    from dinov3_files import random_dinov3, write_meta_checkpoint
+    from nnunet_dinomix.fkd.random_teacher import random_dinov3, write_meta_checkpoint
     folder = pathlib.Path(_SESSION_ROOT) / "dinov3"
     folder.mkdir(exist_ok=True)
     return write_meta_checkpoint(random_dinov3(depth=1), folder)

@@ -4,7 +4,7 @@ import json
 
 from safetensors.torch import save_file
 
-from nnunet_dinomix.fkd.random_teacher import meta_state_dict, random_dinov3, write_meta_checkpoint  # noqa: F401
+from nnunet_dinomix.fkd.random_teacher import meta_state_dict
 
 DEPTH = 2
 

@@ -1,21 +1,15 @@
 """nnUNetTrainerDinoMix and its ablations in-process on the tiny phantom, with a random DINOv3 in Meta's format."""
-import os
-import shutil
-
 import pytest
 import torch
 
-from conftest import DATASET_ID, TINY_PLANS
+from conftest import DATASET_ID, make_trainer, parameters_of, started_trainer
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
 from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
 
-CPU = torch.device("cpu")
-
 
 def _trainer(name, dataset=DATASET_ID):
-    from nnunetv2.run.run_training import get_trainer_from_args
-    return get_trainer_from_args(str(dataset), "3d_fullres", "all", name, TINY_PLANS, device=CPU)
+    return make_trainer(name, dataset)
 
 
 @pytest.fixture
@@ -26,16 +20,8 @@ def teacher_env(dinov3_meta_file, monkeypatch):
 
 @pytest.fixture
 def dinomix(phantom_with_pool, teacher_env):
-    t = _trainer("nnUNetTrainerDinoMix")
-    t.on_train_start()
-    t.on_train_epoch_start()
-    yield t
-    t.on_train_end()
-    shutil.rmtree(t.output_folder_base, ignore_errors=True)
-
-
-def _params(module):
-    return [p.detach().clone() for p in module.parameters()]
+    with started_trainer("nnUNetTrainerDinoMix") as t:
+        yield t
 
 
 def test_train_step_trains_student_and_head_never_the_teacher(dinomix):
@@ -47,7 +33,7 @@ def test_train_step_trains_student_and_head_never_the_teacher(dinomix):
     assert all(id(p) in optimised for p in t.distiller.head.parameters())
     assert not any(k.startswith("teacher") for k in t.distiller.state_dict())
 
-    teacher_0, head_0, student_0 = _params(teacher), _params(t.distiller.head), _params(t.student)
+    teacher_0, head_0, student_0 = parameters_of(teacher), parameters_of(t.distiller.head), parameters_of(t.student)
     t.network.train()  # nnU-Net switches the network to train mode every epoch; the teacher must stay in eval
     outputs = [t.train_step(next(t.dataloader_train)) for _ in range(2)]
     out = outputs[-1]
@@ -57,10 +43,10 @@ def test_train_step_trains_student_and_head_never_the_teacher(dinomix):
     probs = [out[k] for k in out if k.startswith("pic_prob_")]
     assert len(probs) == 8 and sum(probs) == pytest.approx(1.0, abs=1e-5)
     assert not teacher.training
-    assert all(torch.equal(a, b) for a, b in zip(teacher_0, _params(teacher)))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_0, parameters_of(teacher)))
     assert all(p.grad is None for p in teacher.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(head_0, _params(t.distiller.head)))
-    assert any(not torch.equal(a, b) for a, b in zip(student_0, _params(t.student)))
+    assert any(not torch.equal(a, b) for a, b in zip(head_0, parameters_of(t.distiller.head)))
+    assert any(not torch.equal(a, b) for a, b in zip(student_0, parameters_of(t.student)))
     assert t.class_counts.updates == 2 and t.class_counts.value.sum() > 0
     assert t.pic_mirror_axes == (0, 1, 2)  # mirroring moved from the loaders to after the mix
 
@@ -91,7 +77,7 @@ def test_checkpoint_holds_plain_network_and_resumes_head_counts_and_sampler(dino
     fresh.num_iterations_per_epoch = 2
     fresh.load_checkpoint(path)
     assert fresh.global_step == t.global_step == 2
-    assert all(torch.equal(a, b) for a, b in zip(_params(fresh.distiller.head), _params(t.distiller.head)))
+    assert all(torch.equal(a, b) for a, b in zip(parameters_of(fresh.distiller.head), parameters_of(t.distiller.head)))
     # the curriculum resumes exactly: same counts, same position, same next box draws
     assert fresh.class_counts.updates == t.class_counts.updates
     torch.testing.assert_close(fresh.class_probabilities(), t.class_probabilities(), rtol=0, atol=0)
@@ -111,23 +97,14 @@ def test_full_trainer_refuses_to_start_without_weights(phantom_with_pool, monkey
 
 def test_ablation_without_fkd_runs_without_any_weights(phantom_with_pool, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    t = _trainer("nnUNetTrainerDinoMixNoFKD")
-    t.on_train_start()
-    try:
-        t.on_train_epoch_start()
+    with started_trainer("nnUNetTrainerDinoMixNoFKD") as t:
         out = t.train_step(next(t.dataloader_train))
         assert t.distiller is None and float(out["train_loss_fkd"]) == 0.0
         assert "pic_gamma" in out
-    finally:
-        t.on_train_end()
-        shutil.rmtree(t.output_folder_base, ignore_errors=True)
 
 
 def test_ablation_without_pic_does_not_mix(phantom_with_pool, teacher_env):
-    t = _trainer("nnUNetTrainerDinoMixNoPIC")
-    t.on_train_start()
-    try:
-        t.on_train_epoch_start()
+    with started_trainer("nnUNetTrainerDinoMixNoPIC") as t:
         x_l, y_l = t.labeled_batch(next(t.dataloader_train))
         x_u = t.unlabeled_batch()
         mixed = t.pic_mix(x_l, y_l, x_u, t.teacher_pseudo_labels(x_u))
@@ -135,6 +112,10 @@ def test_ablation_without_pic_does_not_mix(phantom_with_pool, teacher_env):
         assert t.class_counts is None and "pic_gamma" not in t.log_keys()
         out = t.train_step(next(t.dataloader_train))
         assert float(out["train_loss_fkd"]) > 0
-    finally:
-        t.on_train_end()
-        shutil.rmtree(t.output_folder_base, ignore_errors=True)
+
+
+def test_uniqueness_variant_weights_the_distillation(phantom_with_pool, teacher_env):
+    with started_trainer("nnUNetTrainerDinoMixUniqueness") as t:
+        assert t.distiller.uniqueness_weighting
+        out = t.train_step(next(t.dataloader_train))
+        assert 0.0 < float(out["train_loss_fkd"]) <= 4.0

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dinov3_files import DEPTH, hf_folder, meta_state_dict, random_dinov3
+from dinov3_files import DEPTH, hf_folder
+from nnunet_dinomix.fkd.random_teacher import meta_state_dict, random_dinov3
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fkd.teacher import build_dinov3, infer_arch, read_weights
 

@@ -22,7 +22,10 @@ def wheel(tmp_path_factory):
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("nnunet_dinomix/ext_trainers/nnunet_dinomix_trainers.py", "nnunet_dinomix/plans/tiny_cpu.json",
-                     "nnunet_dinomix/training/mean_teacher.py", "nnunet_dinomix/unlabeled/preprocess.py"):
+                     "nnunet_dinomix/training/mean_teacher.py", "nnunet_dinomix/unlabeled/preprocess.py",
+                     "nnunet_dinomix/training/dinomix.py", "nnunet_dinomix/pic/cutmix.py",
+                     "nnunet_dinomix/fkd/distiller.py", "nnunet_dinomix/evaluation/metrics.py",
+                     "nnunet_dinomix/convert/splits.py"):
         assert expected in names
     assert not any(n.startswith(("tests/", "trainers/", "plans/")) for n in names)
 
@@ -38,7 +41,8 @@ def test_nnunet_finds_picklable_trainers_in_the_installed_wheel(wheel, tmp_path)
         "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    cls = recursive_find_trainer_class_by_name('nnUNetTrainerMeanTeacher')\n"
-        "assert pickle.loads(pickle.dumps(cls)) is cls\n"
+        "    dinomix = recursive_find_trainer_class_by_name('nnUNetTrainerDinoMixBudget')\n"
+        "assert pickle.loads(pickle.dumps(cls)) is cls and pickle.loads(pickle.dumps(dinomix)) is dinomix\n"
         "print(trainer_dir(), cls.__module__)\n")
     env = dict(os.environ, PYTHONPATH=str(site))
     env.pop("nnUNet_extTrainer", None)
@@ -47,3 +51,19 @@ def test_nnunet_finds_picklable_trainers_in_the_installed_wheel(wheel, tmp_path)
     folder, module = result.stdout.split()
     assert folder == str(site / "nnunet_dinomix" / "ext_trainers")
     assert module == "nnunet_dinomix.training.mean_teacher"
+
+
+def test_components_that_need_no_nnunet_do_not_import_it():
+    """Teacher loading, PIC, the losses, the EMA and the metrics stay usable without nnU-Net."""
+    modules = ["nnunet_dinomix.ssl.ema", "nnunet_dinomix.ssl.losses", "nnunet_dinomix.ssl.schedules",
+               "nnunet_dinomix.pic.curriculum", "nnunet_dinomix.pic.cutmix", "nnunet_dinomix.fkd.teacher",
+               "nnunet_dinomix.fkd.features", "nnunet_dinomix.fkd.distiller", "nnunet_dinomix.fkd.tap",
+               "nnunet_dinomix.fkd.random_teacher", "nnunet_dinomix.evaluation.metrics",
+               "nnunet_dinomix.convert.splits"]
+    script = ("import sys, importlib\n"
+              f"for m in {modules!r}: importlib.import_module(m)\n"
+              "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'timm'))\n"
+              "print(' '.join(bad))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == ""  # neither nnU-Net nor timm (imported only when a teacher is built)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nnunet_dinomix.pic.curriculum import ClassCounts, class_probabilities, gamma_at, voxel_counts
-from nnunet_dinomix.pic.cutmix import (Box, MixBatch, apply_boxes, assemble, box_around, class_presence,
+from nnunet_dinomix.pic.cutmix import (Box, apply_boxes, assemble, box_around, class_presence,
                                        downsample_nearest, draw_boxes)
 
 

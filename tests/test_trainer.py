@@ -1,13 +1,12 @@
 """nnUNetTrainerMeanTeacher in-process: one real train step on the phantom, the EMA, the checkpoint, refusals."""
 import copy
 import os
-import shutil
 
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from conftest import DATASET_ID, TINY_PLANS
+from conftest import DATASET_ID, TINY_PLANS, make_trainer, parameters_of, started_trainer
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.ssl.ema import ema_decay
 from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
@@ -15,23 +14,14 @@ from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
 CPU = torch.device("cpu")
 
 
-def _trainer(dataset, name="nnUNetTrainerMeanTeacher", plans=TINY_PLANS):
-    from nnunetv2.run.run_training import get_trainer_from_args
-    return get_trainer_from_args(str(dataset), "3d_fullres", "all", name, plans, device=CPU)
+def _trainer(dataset, name="nnUNetTrainerMeanTeacher"):
+    return make_trainer(name, dataset)
 
 
 @pytest.fixture
 def started(phantom_with_pool):
-    t = _trainer(DATASET_ID)
-    t.on_train_start()
-    t.on_train_epoch_start()
-    yield t
-    t.on_train_end()
-    shutil.rmtree(t.output_folder_base, ignore_errors=True)
-
-
-def _params(module):
-    return [p.detach().clone() for p in module.parameters()]
+    with started_trainer("nnUNetTrainerMeanTeacher") as t:
+        yield t
 
 
 def test_train_steps_update_student_and_ema_teacher(started):
@@ -40,19 +30,19 @@ def test_train_steps_update_student_and_ema_teacher(started):
     optimised = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
     assert not any(id(p) in optimised for p in t.ema_teacher.parameters())
 
-    student_0 = _params(t.student)
+    student_0 = parameters_of(t.student)
     out_1 = t.train_step(next(t.dataloader_train))
     assert set(out_1) == {"loss", "train_loss_sup", "train_loss_unsup", "unsup_weight", "confident_fraction"}
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out_1.values())
-    assert any(not torch.equal(a, b) for a, b in zip(student_0, _params(t.student)))
+    assert any(not torch.equal(a, b) for a, b in zip(student_0, parameters_of(t.student)))
     # step 0 uses decay 0: the teacher equals the student; afterwards a true moving average
-    for a, b in zip(_params(t.ema_teacher), _params(t.student)):
+    for a, b in zip(parameters_of(t.ema_teacher), parameters_of(t.student)):
         torch.testing.assert_close(a, b)
-    teacher_1 = _params(t.ema_teacher)
+    teacher_1 = parameters_of(t.ema_teacher)
     out_2 = t.train_step(next(t.dataloader_train))
     d = ema_decay(1, t.ema_decay)
     assert d == pytest.approx(0.5)
-    for after, before, s in zip(_params(t.ema_teacher), teacher_1, _params(t.student)):
+    for after, before, s in zip(parameters_of(t.ema_teacher), teacher_1, parameters_of(t.student)):
         torch.testing.assert_close(after, d * before + (1 - d) * s)
     assert all(p.grad is None for p in t.ema_teacher.parameters())
     assert t.global_step == 2
@@ -84,17 +74,17 @@ def test_checkpoint_keeps_network_weights_plain_and_restores_teacher(started, tm
 
     fresh = _trainer(DATASET_ID)
     fresh.load_checkpoint(path)
-    for a, b in zip(_params(fresh.ema_teacher), _params(t.ema_teacher)):
+    for a, b in zip(parameters_of(fresh.ema_teacher), parameters_of(t.ema_teacher)):
         assert torch.equal(a, b)
     # the restored teacher is the averaged one, not a copy of the restored student
-    assert not all(torch.equal(a, b) for a, b in zip(_params(fresh.ema_teacher), _params(fresh.student)))
+    assert not all(torch.equal(a, b) for a, b in zip(parameters_of(fresh.ema_teacher), parameters_of(fresh.student)))
 
     # a plain nnU-Net checkpoint (no train-only state) still loads; the teacher starts from the student
     del ckpt[CHECKPOINT_KEY]
     torch.save(ckpt, path)
     plain_resume = _trainer(DATASET_ID)
     plain_resume.load_checkpoint(path)
-    for a, b in zip(_params(plain_resume.ema_teacher), _params(plain_resume.student)):
+    for a, b in zip(parameters_of(plain_resume.ema_teacher), parameters_of(plain_resume.student)):
         assert torch.equal(a, b)
 
 

@@ -3,5 +3,5 @@ from nnunet_dinomix.training.budget import (nnUNetTrainerBudget, nnUNetTrainerDi
                                             nnUNetTrainerDinoMixNoFKDBudget, nnUNetTrainerDinoMixNoPICBudget,
                                             nnUNetTrainerMeanTeacherBudget)
 from nnunet_dinomix.training.dinomix import (nnUNetTrainerDinoMix, nnUNetTrainerDinoMixNoFKD,  # noqa: F401
-                                             nnUNetTrainerDinoMixNoPIC)
+                                             nnUNetTrainerDinoMixNoPIC, nnUNetTrainerDinoMixUniqueness)
 from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: F401

@@ -266,3 +266,12 @@ class nnUNetTrainerDinoMixNoFKD(nnUNetTrainerDinoMix):
 class nnUNetTrainerDinoMixNoPIC(nnUNetTrainerDinoMix):
     """Mean Teacher + FKD (the FKD trainer)."""
     use_pic = False
+
+
+class nnUNetTrainerDinoMixUniqueness(nnUNetTrainerDinoMix):
+    """DINO-Mix with FKD tokens weighted by their semantic uniqueness (METHOD.md's optional variant)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.fkd_uniqueness_weighting = True
