@@ -93,6 +93,20 @@ def started_trainer(name: str, dataset=DATASET_ID):
         shutil.rmtree(t.output_folder_base, ignore_errors=True)
 
 
+def checkpoint_with_plain_network(t, path: str) -> dict:
+    """Save ``t``'s checkpoint and check what nnUNetv2_predict relies on: ``network_weights`` load strictly into
+    the plain network that nnU-Net's static builder returns (no train-only module in it)."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    t.save_checkpoint(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    plain = nnUNetTrainer.build_network_architecture(t.plans_manager, t.configuration_manager, 1,
+                                                     t.label_manager.num_segmentation_heads, False)
+    assert set(checkpoint["network_weights"]) == set(plain.state_dict())
+    plain.load_state_dict(checkpoint["network_weights"])  # strict, as nnUNetv2_predict does
+    return checkpoint
+
+
 def parameters_of(module):
     return [p.detach().clone() for p in module.parameters()]
 

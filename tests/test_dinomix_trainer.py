@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DATASET_ID, make_trainer, parameters_of, started_trainer
+from conftest import DATASET_ID, checkpoint_with_plain_network, make_trainer, parameters_of, started_trainer
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
 from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
@@ -61,15 +61,7 @@ def test_checkpoint_holds_plain_network_and_resumes_head_counts_and_sampler(dino
     for _ in range(2):
         t.train_step(next(t.dataloader_train))
     path = str(tmp_path / "checkpoint.pth")
-    t.save_checkpoint(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    plain = nnUNetTrainer.build_network_architecture(t.plans_manager, t.configuration_manager, 1,
-                                                     t.label_manager.num_segmentation_heads, False)
-    assert set(ckpt["network_weights"]) == set(plain.state_dict())
-    plain.load_state_dict(ckpt["network_weights"])
-    state = ckpt[CHECKPOINT_KEY]
+    state = checkpoint_with_plain_network(t, path)[CHECKPOINT_KEY]
     assert set(state["fkd_head"]) == set(t.distiller.head.state_dict())
     assert not any("blocks." in k or "cls_token" in k for k in state["fkd_head"])  # no DINOv3 weights saved
 

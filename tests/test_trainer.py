@@ -6,7 +6,8 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from conftest import DATASET_ID, TINY_PLANS, make_trainer, parameters_of, started_trainer
+from conftest import (DATASET_ID, TINY_PLANS, checkpoint_with_plain_network, make_trainer, parameters_of,
+                      started_trainer)
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.ssl.ema import ema_decay
 from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
@@ -61,16 +62,9 @@ def test_checkpoint_keeps_network_weights_plain_and_restores_teacher(started, tm
     t.train_step(next(t.dataloader_train))
     t.train_step(next(t.dataloader_train))
     path = str(tmp_path / "checkpoint.pth")
-    t.save_checkpoint(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    plain = nnUNetTrainer.build_network_architecture(t.plans_manager, t.configuration_manager, 1,
-                                                     t.label_manager.num_segmentation_heads, False)
-    assert set(ckpt["network_weights"]) == set(plain.state_dict())
-    plain.load_state_dict(ckpt["network_weights"])  # strict, as nnUNetv2_predict does
+    ckpt = checkpoint_with_plain_network(t, path)
     assert ckpt["trainer_name"] == "nnUNetTrainerMeanTeacher"
-    assert set(ckpt[CHECKPOINT_KEY]["ema_teacher"]) == set(plain.state_dict())
+    assert set(ckpt[CHECKPOINT_KEY]["ema_teacher"]) == set(ckpt["network_weights"])
 
     fresh = _trainer(DATASET_ID)
     fresh.load_checkpoint(path)
