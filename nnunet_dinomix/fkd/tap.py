@@ -7,8 +7,9 @@ import torch
 
 
 class FeatureTap:
-    """Keeps the output of one module of the student from its latest forward (a forward hook). Works through
-    DDP and torch.compile wrappers, which a direct call of the encoder would bypass."""
+    """Keeps the output of one module of the student from its latest forward (a forward hook). The network is
+    still called through its wrappers, so DDP's gradient synchronisation and torch.compile are not bypassed as
+    they would be by calling the encoder directly (neither combination has been run yet)."""
 
     def __init__(self, module: torch.nn.Module):
         self.features: Optional[torch.Tensor] = None
