@@ -32,6 +32,19 @@ def register_in_environment() -> None:
         os.environ[ENV] = os.pathsep.join(ext_trainer_dirs() + [trainer_dir()])
 
 
+def needs_dinov3(trainer: str) -> bool:
+    """Whether the trainer of that name distils from DINOv3 (so it cannot start without weights). Looked up the
+    way nnU-Net looks it up, so subclasses defined elsewhere answer for themselves."""
+    import contextlib
+    import io
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    register_in_environment()
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+        cls = recursive_find_trainer_class_by_name(trainer)
+    return bool(getattr(cls, "use_fkd", False))
+
+
 def print_trainer_dir() -> None:
     """``dinomix_trainer_dir``: use as ``export nnUNet_extTrainer=$(dinomix_trainer_dir)``."""
     print(trainer_dir())

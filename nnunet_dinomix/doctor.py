@@ -75,11 +75,14 @@ def check_trainer(name: str, required: bool = True) -> Check:
     return Check(OK, f"{name} -> {cls.__module__}")
 
 
-def check_teacher_weights() -> Check:
-    """The DINOv3 weights named by the environment, read and identified without building the model."""
-    from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV, infer_arch, read_weights
+def check_teacher_weights(required: bool = False) -> Check:
+    """The DINOv3 weights named by the environment, read and identified without building the model. Unset is
+    fine unless ``required`` (a trainer that distils from DINOv3 asks)."""
+    from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV, WHERE_TO_GET, infer_arch, read_weights
     path = os.environ.get(WEIGHTS_ENV)
     if not path:
+        if required:
+            return Check(FAIL, f"{WEIGHTS_ENV} is not set", WHERE_TO_GET)
         return Check(OK, f"{WEIGHTS_ENV} not set (only the DINO-Mix/FKD trainers need DINOv3 weights)")
     try:
         arch, depth, _ = infer_arch(read_weights(path))

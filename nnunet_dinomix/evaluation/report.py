@@ -160,22 +160,10 @@ def plot(summary, labels, shares, path_bars: str, path_frequency: Optional[str])
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
+    from nnunet_dinomix.report import plot_bars
     trainers, classes = list(summary), list(labels)
-    x = np.arange(len(classes))
-    width = 0.8 / len(trainers)
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(classes)), 4.5))
-    for i, t in enumerate(trainers):
-        values = [np.nan_to_num(100 * summary[t][c]["dice"]) for c in classes]
-        ax.bar(x + (i - (len(trainers) - 1) / 2) * width, values, width, label=t)
-    ax.set_xticks(x)
-    ax.set_xticklabels(classes, rotation=35, ha="right")
-    ax.set_ylabel("Dice (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path_bars, dpi=100)
-    plt.close(fig)
+    plot_bars([{"class": c, **{t: summary[t][c]["dice"] for t in trainers}} for c in classes], trainers, path_bars,
+              "Per-class Dice on the test cases")
     if path_frequency and shares:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for t in trainers:

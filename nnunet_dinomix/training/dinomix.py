@@ -178,14 +178,10 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
     @classmethod
     def setup_checks(cls) -> list:
         """Used by dinomix_doctor: FKD trainers need readable DINOv3 weights."""
-        from nnunet_dinomix.doctor import Check, FAIL, OK, check_teacher_weights
+        from nnunet_dinomix.doctor import Check, OK, check_teacher_weights
         if not cls.use_fkd:
             return [Check(OK, "needs no DINOv3 weights")]
-        check = check_teacher_weights()
-        if check.status == OK and "not set" in check.what:
-            from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV, WHERE_TO_GET
-            return [Check(FAIL, f"{WEIGHTS_ENV} is not set", WHERE_TO_GET)]
-        return [check]
+        return [check_teacher_weights(required=True)]
 
     def on_train_start(self):
         if self.use_fkd:
