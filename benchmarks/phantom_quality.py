@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                                                              args.parallel else ""),
         f"- DINOv3 teacher: {teacher_note}",
         "- evaluation: nnUNetv2_predict --disable_tta on imagesTs, nnUNetv2_evaluate_folder against labelsTs", "",
-        "## Test-set Dice", "", report, "## Step time (one process, trainers taking turns)", "", step_table])
+        "## Test-set Dice", "", report, "## Step time (one process, trainers taking turns)", "", step_table]) + "\n"
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
