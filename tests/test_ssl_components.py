@@ -1,4 +1,4 @@
-"""EMA, ramp-ups, pseudo-labels, masked losses and perturbations: torch only, no trainer."""
+"""EMA, ramp-ups, masked losses and perturbations: torch only, no trainer."""
 import math
 
 import pytest
@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from nnunet_dinomix.ssl.ema import ema_decay, ema_update, make_ema_teacher
-from nnunet_dinomix.ssl.losses import (deep_supervision_sum, masked_cross_entropy, masked_dice_ce, masked_soft_dice,
-                                       pseudo_label_consistency, pseudo_labels)
+from nnunet_dinomix.ssl.losses import deep_supervision_sum, masked_cross_entropy, masked_dice_ce, masked_soft_dice
 from nnunet_dinomix.ssl.perturb import clipped_gaussian_noise
 from nnunet_dinomix.ssl.schedules import linear_rampup, sigmoid_rampup
 
@@ -61,17 +60,6 @@ def test_rampups():
     assert values == sorted(values)
     assert sigmoid_rampup(5, 0) == 1.0
     assert linear_rampup(25, 100) == 0.25 and linear_rampup(-1, 100) == 0.0
-
-
-def test_pseudo_labels_argmax_confidence_and_mask():
-    logits = torch.zeros(1, 3, 2, 1, 1)
-    logits[0, 2, 0] = 10.0  # voxel 0: confident class 2
-    logits[0, 1, 1] = 0.1  # voxel 1: nearly uniform, class 1
-    p = pseudo_labels(logits, threshold=0.9)
-    assert p.labels.shape == (1, 1, 2, 1, 1)
-    assert p.labels.flatten().tolist() == [2, 1]
-    assert p.confidence[0, 0, 0].item() > 0.99 and p.confidence[0, 0, 1].item() < 0.5
-    assert p.mask.flatten().tolist() == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("batch_dice", [False, True])
@@ -141,22 +129,6 @@ def test_deep_supervision_sum_matches_nnunet_wrapper_and_skips_zero_weights():
     torch.testing.assert_close(ours, DeepSupervisionWrapper(loss_fn, weights)(xs, ys))
     with pytest.raises(ValueError):
         deep_supervision_sum(loss_fn, (0.0,), xs[:1], ys[:1])
-
-
-def test_pseudo_label_consistency_rewards_agreeing_with_confident_teacher():
-    torch.manual_seed(3)
-    labels = torch.randint(0, 3, (2, 6, 6, 6))
-    teacher = torch.nn.functional.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float() * 20
-    agree = teacher * 0.5
-    disagree = teacher.roll(1, dims=1) * 0.5
-    loss_agree, frac = pseudo_label_consistency([agree], [teacher], (1.0,), 0.9, batch_dice=False)
-    loss_disagree, _ = pseudo_label_consistency([disagree], [teacher], (1.0,), 0.9, batch_dice=False)
-    assert frac.item() == 1.0
-    assert loss_agree < loss_disagree - 1.0
-    # an unconfident teacher masks everything out: CE part 0, Dice part from empty masks
-    flat = torch.zeros_like(teacher)
-    _, frac_flat = pseudo_label_consistency([disagree], [flat], (1.0,), 0.9, batch_dice=False)
-    assert frac_flat.item() == 0.0
 
 
 def test_clipped_gaussian_noise_is_bounded_and_identity_at_zero():

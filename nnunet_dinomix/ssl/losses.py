@@ -1,41 +1,37 @@
-"""Pseudo-labels and voxel-masked segmentation losses.
+"""Voxel-masked segmentation losses, for ground-truth voxels and for pseudo-labelled ones.
 
 The masked Dice + CE follows nnU-Net's ``DC_and_CE_loss`` (``MemoryEfficientSoftDiceLoss``, background excluded
 from Dice, smooth 1e-5, negative Dice) restricted to the voxels of a mask, so that a pseudo-label loss is on the
 same scale as nnU-Net's supervised loss. With ``mask = target != ignore`` it equals nnU-Net's loss with that
 ignore label (tested). Inputs: logits ``(B, C, *spatial)``, integer targets ``(B, 1, *spatial)`` or
 ``(B, *spatial)``, masks of the target's shape (bool or float weights).
+
+The unlabeled loss is a choice (:data:`UNLABELED_LOSSES`): CE only (DHC, and safe for classes absent from a
+masked pseudo-label), nnU-Net's per-sample Dice + CE, or Dice + CE with the Dice over the whole batch (a class
+absent from one sample's pseudo-label is then not pushed to zero there).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-
-
-class PseudoLabels(NamedTuple):
-    labels: torch.Tensor  # (B, 1, *spatial) int64
-    confidence: torch.Tensor  # (B, 1, *spatial) max softmax probability
-    mask: torch.Tensor  # (B, 1, *spatial) float, 1 where confidence >= threshold
-
-
-@torch.no_grad()
-def pseudo_labels(logits: torch.Tensor, threshold: float) -> PseudoLabels:
-    """Arg-max labels, their softmax confidence and the confidence mask of one output scale."""
-    probs = torch.softmax(logits.float(), dim=1)
-    confidence, labels = probs.max(dim=1, keepdim=True)
-    return PseudoLabels(labels, confidence, (confidence >= threshold).float())
 
 
 def _as_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t if t.ndim == ndim else t.unsqueeze(1)
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean CE over the masked voxels (mask values act as weights); 0 if the mask is empty."""
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                         class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean CE over the masked voxels (mask values act as weights); 0 if the mask is empty.
+
+    ``class_weights`` (K,) additionally weight each voxel by its target class, normalised by the total weight as
+    ``F.cross_entropy(weight=...)`` does, so the loss stays a mean CE whatever the weights' scale."""
     target = _as_channel(target, logits.ndim)[:, 0].long()
     mask = _as_channel(mask, logits.ndim)[:, 0].to(logits.dtype)
+    if class_weights is not None:
+        mask = mask * class_weights.to(logits.device, logits.dtype)[target]
     ce = F.cross_entropy(logits, target, reduction="none")
     denominator = mask.sum()
     if denominator <= 0:
@@ -66,9 +62,26 @@ def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 
 
 def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, batch_dice: bool,
-                   weight_ce: float = 1.0, weight_dice: float = 1.0) -> torch.Tensor:
-    return (weight_ce * masked_cross_entropy(logits, target, mask) +
+                   weight_ce: float = 1.0, weight_dice: float = 1.0,
+                   class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return (weight_ce * masked_cross_entropy(logits, target, mask, class_weights) +
             weight_dice * masked_soft_dice(logits, target, mask, batch_dice))
+
+
+UNLABELED_LOSSES = ("ce", "dice_ce", "batch_dice_ce")
+
+
+def unlabeled_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, batch_dice: bool,
+                   class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The loss against pseudo-labels: ``kind`` from :data:`UNLABELED_LOSSES`; ``batch_dice`` is the plans'
+    setting, used by ``dice_ce``."""
+    if kind == "ce":
+        return masked_cross_entropy(logits, target, mask, class_weights)
+    if kind == "dice_ce":
+        return masked_dice_ce(logits, target, mask, batch_dice, class_weights=class_weights)
+    if kind == "batch_dice_ce":
+        return masked_dice_ce(logits, target, mask, True, class_weights=class_weights)
+    raise ValueError(f"unknown unlabeled loss {kind!r}; choose one of {UNLABELED_LOSSES}")
 
 
 def deep_supervision_sum(loss_fn: Callable[..., torch.Tensor], weights: Sequence[float],
@@ -83,15 +96,3 @@ def deep_supervision_sum(loss_fn: Callable[..., torch.Tensor], weights: Sequence
     if total is None:
         raise ValueError("all deep supervision weights are zero")
     return total
-
-
-def pseudo_label_consistency(student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor],
-                             weights: Sequence[float], threshold: float, batch_dice: bool):
-    """Confidence-masked Dice + CE of the student against the teacher's arg-max, at every output scale.
-
-    Returns ``(loss, confident_fraction)``; the fraction is that of the highest-resolution scale.
-    """
-    pseudo = [pseudo_labels(t, threshold) for t in teacher_outputs]
-    loss = deep_supervision_sum(lambda s, p: masked_dice_ce(s, p.labels, p.mask, batch_dice), weights,
-                                student_outputs, pseudo)
-    return loss, pseudo[0].mask.mean()

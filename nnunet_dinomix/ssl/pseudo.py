@@ -1,0 +1,120 @@
+"""Pseudo-labelling: which teacher predictions become training targets, and how much each class counts.
+
+Two small stateful objects, both with a ``state_dict`` so that ``--c`` resumes them, and no nnU-Net import:
+
+* :class:`PseudoLabeller` turns teacher logits into arg-max labels and a per-voxel trust mask under a confidence
+  rule: ``None`` (trust every voxel, as BCP does), ``"global"`` (one threshold, as UA-MT / FixMatch), or
+  ``"class_adaptive"`` (per class, the running ``quantile`` of the teacher's confidence on the voxels it assigns
+  to that class, capped at the global threshold). The global rule removes exactly the uncertain voxels of rare
+  organs; the adaptive one keeps the most confident share of every class (FlexMatch-like, in voxels).
+* :class:`ClassBalance` turns a running pseudo-label histogram into class weights (DHC's DistDW,
+  ``w_c = log(n_max / n_c)`` normalised to a maximum of ``K``), so that the majority class (background) ends near 0
+  and a wrong background pseudo-label on a rare organ costs little.
+* :func:`pseudo_label_quality` counts, per class, what the teacher got right against a known truth (diagnostics
+  only: the truth never reaches a loss).
+"""
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional
+
+import torch
+
+from nnunet_dinomix.pic.curriculum import ClassCounts
+
+CONFIDENCE_RULES = (None, "global", "class_adaptive")
+
+
+class PseudoLabels(NamedTuple):
+    labels: torch.Tensor  # (B, 1, *spatial) int64
+    confidence: torch.Tensor  # (B, 1, *spatial) max softmax probability
+    mask: torch.Tensor  # (B, 1, *spatial) float: 1 where the pseudo-label is trusted
+
+
+class PseudoLabeller:
+    def __init__(self, num_classes: int, rule: Optional[str] = "global", threshold: float = 0.9,
+                 quantile: float = 0.5, momentum: float = 0.99):
+        if rule not in CONFIDENCE_RULES:
+            raise ValueError(f"unknown confidence rule {rule!r}; choose one of {CONFIDENCE_RULES}")
+        if not 0.0 <= threshold <= 1.0 or not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"threshold and quantile must lie in [0, 1], got {threshold} and {quantile}")
+        self.num_classes, self.rule, self.threshold, self.quantile = num_classes, rule, threshold, quantile
+        # running per-class confidence quantile; starts at the global threshold
+        self.momentum = momentum
+        self.class_thresholds = torch.full((num_classes,), float(threshold), dtype=torch.float64)
+
+    @torch.no_grad()
+    def __call__(self, logits: torch.Tensor) -> PseudoLabels:
+        probs = torch.softmax(logits.float(), dim=1)
+        confidence, labels = probs.max(dim=1, keepdim=True)
+        if self.rule is None:
+            mask = torch.ones_like(confidence)
+        elif self.rule == "global":
+            mask = (confidence >= self.threshold).float()
+        else:
+            self._update_class_thresholds(confidence, labels)
+            per_voxel = self.class_thresholds.to(confidence.device, confidence.dtype)[labels]
+            mask = (confidence >= per_voxel).float()
+        return PseudoLabels(labels, confidence, mask)
+
+    def _update_class_thresholds(self, confidence: torch.Tensor, labels: torch.Tensor) -> None:
+        for c in range(self.num_classes):
+            values = confidence[labels == c]
+            if values.numel() == 0:
+                continue
+            q = float(torch.quantile(values[:1_000_000].double().cpu(), self.quantile))
+            t = self.momentum * float(self.class_thresholds[c]) + (1 - self.momentum) * q
+            self.class_thresholds[c] = min(t, self.threshold)
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"class_thresholds": self.class_thresholds.clone()}
+
+    def load_state_dict(self, state: Optional[Dict[str, object]]) -> None:
+        if state is not None:
+            self.class_thresholds = torch.as_tensor(state["class_thresholds"], dtype=torch.float64).clone()
+
+
+class ClassBalance:
+    """DistDW class weights from an exponential moving average of the pseudo-label histogram."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.99):
+        self.counts = ClassCounts(num_classes, momentum)
+
+    def update(self, labels: torch.Tensor, mask: torch.Tensor) -> None:
+        counts = torch.bincount(labels.reshape(-1).long(), weights=mask.reshape(-1).double(),
+                                minlength=self.counts.num_classes)
+        self.counts.update(counts)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``log(n_max / n_c) / max_c log(n_max / n_c) * K``; uniform (ones) before the first update."""
+        n = self.counts.value
+        k = self.counts.num_classes
+        if self.counts.updates == 0 or n.max() <= 0:
+            return torch.ones(k, dtype=torch.float32)
+        log_ratio = torch.log((n.max() + 1e-8) / (n + 1e-8))
+        if log_ratio.max() <= 0:  # all classes equally frequent
+            return torch.ones(k, dtype=torch.float32)
+        return (log_ratio / log_ratio.max() * k).to(torch.float32)
+
+    def state_dict(self):
+        return self.counts.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.counts.load_state_dict(state)
+
+
+@torch.no_grad()
+def pseudo_label_quality(pseudo: PseudoLabels, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(4, K) float64 counts per class: true positives among trusted pseudo-labels, trusted pseudo-labels,
+    true voxels, and true voxels the teacher trusts (whatever it calls them). Precision = row 0 / row 1, recall =
+    row 0 / row 2 (a class masked away or mislabelled is missed), confident fraction = row 3 / row 2."""
+    valid = truth.reshape(-1).to(pseudo.labels.device) >= 0  # -1: a sample without a known truth
+    labels = pseudo.labels.reshape(-1)[valid]
+    trusted = pseudo.mask.reshape(-1)[valid] > 0
+    truth = truth.reshape(-1).to(labels.device)[valid].long()
+
+    def count(selected: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(values[selected], minlength=num_classes)[:num_classes].double().cpu()
+
+    return torch.stack((count(trusted & (labels == truth), labels), count(trusted, labels),
+                        count(torch.ones_like(trusted), truth), count(trusted, truth)))
