@@ -28,6 +28,8 @@ def build(trainer: str, dataset: str, configuration: str, plans: str, device: to
     with contextlib.redirect_stdout(io.StringIO()):
         t = get_trainer_from_args(dataset, configuration, "all", trainer, plans, device=device)
         t.disable_checkpointing = True
+        if hasattr(t, "burn_in_steps"):  # time the semi-supervised step, not the supervised burn-in
+            t.burn_in_steps = 0
         t.on_train_start()
         t.on_train_epoch_start()
     return t
@@ -43,8 +45,8 @@ def one_iteration(t, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-STEP_PARTS = ("unlabeled_batch", "teacher_predict", "teacher_pseudo_labels", "pic_mix", "student_predict",
-              "student_forward", "segmentation_losses", "fkd_loss", "optimizer_step", "update_teacher")
+STEP_PARTS = ("unlabeled_batch_with_truth", "teacher_pseudo_labels", "mix", "student_forward", "segmentation_losses",
+              "auxiliary_losses", "optimizer_step", "update_teacher")
 
 
 def profile(t, device: torch.device, steps: int) -> str:

@@ -1,7 +1,8 @@
 """Where nnunet-dinomix keeps things, next to nnU-Net's own folders (which it never writes into).
 
 * raw unlabeled images: ``nnUNet_raw/DatasetXXX_Name/imagesUnlabeled/`` (or any folder given on the command
-  line), named like ``imagesTr``: ``{case}_{channel:04d}{file_ending}``;
+  line), named like ``imagesTr``: ``{case}_{channel:04d}{file_ending}``; beside them, optionally,
+  ``labelsUnlabeled/{case}{file_ending}`` with their true labels, for pseudo-label diagnostics only;
 * the preprocessed pool: ``nnUNet_preprocessed/DatasetXXX_Name/{data_identifier}_unlabeled/``, a sibling of
   nnU-Net's ``{data_identifier}/`` (which ``nnUNetv2_preprocess`` deletes and rewrites, so the pool must not
   live inside it), plus a manifest ``{data_identifier}_unlabeled.json`` beside it. The manifest is outside the
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
+# true labels of unlabeled cases, where known (the phantom): diagnostics only, never trained on
+DIAGNOSTIC_LABELS_FOLDER = "labelsUnlabeled"
 POOL_SUFFIX = "_unlabeled"
 MANIFEST_NAME_SUFFIX = POOL_SUFFIX + ".json"
 

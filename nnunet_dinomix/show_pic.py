@@ -144,8 +144,8 @@ def main(argv=None) -> int:
         with torch.no_grad():
             x_l, y_l = trainer.labeled_batch(next(trainer.dataloader_train))
             x_u = trainer.unlabeled_batch()
-            mixed = trainer.pic_mix(x_l, y_l, x_u, trainer.teacher_pseudo_labels(x_u))
-        names = trainer._foreground_class_names()
+            mixed = trainer.mix(x_l, y_l, x_u, trainer.teacher_pseudo_labels(x_u))
+        names = trainer.class_names()
         spacing = trainer.configuration_manager.spacing
         slice_axis = int(np.argmax(spacing)) if len(spacing) == 3 else 0
         if len(spacing) != 3:
@@ -154,11 +154,11 @@ def main(argv=None) -> int:
         samples = os.path.join(args.o, "pic_samples.png")
         probabilities = os.path.join(args.o, "pic_probabilities.png")
         plot_samples(mixed, names, slice_axis, samples)
-        progress = trainer.global_step / max(trainer.total_steps, 1)
-        plot_probabilities(trainer.class_probabilities().numpy(), trainer.class_counts.value.numpy(), names,
-                           trainer.curriculum_gamma(), progress, probabilities)
-        print(f"{len(mixed.boxes)} boxes in {mixed.image.shape[0]} samples; gamma {trainer.curriculum_gamma():.2f}")
-        for name, p in zip(names, trainer.class_probabilities().tolist()):
+        mixer, progress = trainer.mixer, trainer.progress()
+        class_probs, gamma = mixer.probabilities(progress), mixer.gamma(progress)
+        plot_probabilities(class_probs.numpy(), mixer.counts.value.numpy(), names, gamma, progress, probabilities)
+        print(f"{len(mixed.boxes)} boxes in {mixed.image.shape[0]} samples; gamma {gamma:.2f}")
+        for name, p in zip(names, class_probs.tolist()):
             print(f"  {name:20s} p = {p:.3f}")
         print(f"Wrote {samples} and {probabilities}")
     except DinoMixError as e:

@@ -21,6 +21,7 @@ def teacher_env(dinov3_meta_file, monkeypatch):
 @pytest.fixture
 def dinomix(phantom_with_pool, teacher_env):
     with started_trainer("nnUNetTrainerDinoMix") as t:
+        t.burn_in_steps = 0
         yield t
 
 
@@ -47,8 +48,9 @@ def test_train_step_trains_student_and_head_never_the_teacher(dinomix):
     assert all(p.grad is None for p in teacher.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(head_0, parameters_of(t.distiller.head)))
     assert any(not torch.equal(a, b) for a, b in zip(student_0, parameters_of(t.student)))
-    assert t.class_counts.updates == 2 and t.class_counts.value.sum() > 0
-    assert t.pic_mirror_axes == (0, 1, 2)  # mirroring moved from the loaders to after the mix
+    assert t.mixer.counts.updates == 2 and t.mixer.counts.value.sum() > 0
+    assert t.mixer.mirror_axes == (0, 1, 2)  # mirroring moved from the loaders to after the mix
+    assert t.inference_allowed_mirroring_axes == (0, 1, 2)  # test-time mirroring is nnU-Net's, untouched
 
     t.on_train_epoch_end(outputs)
     assert t.logger.get_value("train_loss_fkd", step=-1) == pytest.approx(
@@ -71,9 +73,12 @@ def test_checkpoint_holds_plain_network_and_resumes_head_counts_and_sampler(dino
     assert fresh.global_step == t.global_step == 2
     assert all(torch.equal(a, b) for a, b in zip(parameters_of(fresh.distiller.head), parameters_of(t.distiller.head)))
     # the curriculum resumes exactly: same counts, same position, same next box draws
-    assert fresh.class_counts.updates == t.class_counts.updates
-    torch.testing.assert_close(fresh.class_probabilities(), t.class_probabilities(), rtol=0, atol=0)
-    assert torch.equal(torch.rand(4, generator=fresh.pic_generator), torch.rand(4, generator=t.pic_generator))
+    assert fresh.mixer.counts.updates == t.mixer.counts.updates
+    torch.testing.assert_close(fresh.mixer.probabilities(fresh.progress()), t.mixer.probabilities(t.progress()),
+                               rtol=0, atol=0)
+    assert torch.equal(torch.rand(4, generator=fresh.mixer.generator), torch.rand(4, generator=t.mixer.generator))
+    torch.testing.assert_close(fresh.pseudo_labeller.class_thresholds, t.pseudo_labeller.class_thresholds)
+    torch.testing.assert_close(fresh.class_balance.weights, t.class_balance.weights)
 
 
 def test_full_trainer_refuses_to_start_without_weights(phantom_with_pool, monkeypatch, tmp_path):
@@ -90,6 +95,7 @@ def test_full_trainer_refuses_to_start_without_weights(phantom_with_pool, monkey
 def test_ablation_without_fkd_runs_without_any_weights(phantom_with_pool, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     with started_trainer("nnUNetTrainerDinoMixNoFKD") as t:
+        t.burn_in_steps = 0
         out = t.train_step(next(t.dataloader_train))
         assert t.distiller is None and float(out["train_loss_fkd"]) == 0.0
         assert "pic_gamma" in out
@@ -99,15 +105,51 @@ def test_ablation_without_pic_does_not_mix(phantom_with_pool, teacher_env):
     with started_trainer("nnUNetTrainerDinoMixNoPIC") as t:
         x_l, y_l = t.labeled_batch(next(t.dataloader_train))
         x_u = t.unlabeled_batch()
-        mixed = t.pic_mix(x_l, y_l, x_u, t.teacher_pseudo_labels(x_u))
+        t.student_noise_std = 0.0
+        mixed = t.mix(x_l, y_l, x_u, t.teacher_pseudo_labels(x_u))
         assert mixed.boxes == [] and torch.equal(mixed.image, torch.cat((x_l, x_u)))
-        assert t.class_counts is None and "pic_gamma" not in t.log_keys()
+        assert t.mixer is None and "pic_gamma" not in t.log_keys()
         out = t.train_step(next(t.dataloader_train))
         assert float(out["train_loss_fkd"]) > 0
 
 
 def test_uniqueness_variant_weights_the_distillation(phantom_with_pool, teacher_env):
     with started_trainer("nnUNetTrainerDinoMixUniqueness") as t:
+        t.burn_in_steps = 0
         assert t.distiller.uniqueness_weighting
         out = t.train_step(next(t.dataloader_train))
         assert 0.0 < float(out["train_loss_fkd"]) <= 4.0
+
+
+def test_mean_teacher_is_dinomix_with_pic_and_fkd_off(phantom_with_pool):
+    """One step skeleton: with both parts off, DINO-Mix computes exactly Mean Teacher's step."""
+    import shutil
+    from nnunet_dinomix.training.dinomix import nnUNetTrainerDinoMix
+
+    class DinoMixBothOff(nnUNetTrainerDinoMix):
+        use_pic = False
+        use_fkd = False
+
+    with started_trainer("nnUNetTrainerMeanTeacher") as mt:
+        plans = dict(mt.plans_manager.plans, continue_training=False)  # nnU-Net pops this key in __init__
+        off = DinoMixBothOff(plans, "3d_fullres", "all", mt.dataset_json, torch.device("cpu"))
+        off.on_train_start()
+        try:
+            off.on_train_epoch_start()
+            for t in (mt, off):
+                t.burn_in_steps = 0
+            off.network.load_state_dict(mt.network.state_dict())
+            off.ema_teacher.load_state_dict(mt.ema_teacher.state_dict())
+            batch, x_u = next(mt.dataloader_train), mt.unlabeled_batch()
+            outputs = []
+            for t in (mt, off):
+                t.unlabeled_batch_with_truth = lambda: (x_u, None)
+                torch.manual_seed(0)  # the student's input noise
+                outputs.append(t.train_step(batch))
+            for key in ("loss", "train_loss_sup", "train_loss_unsup", "confident_fraction"):
+                assert float(outputs[0][key]) == pytest.approx(float(outputs[1][key]), rel=1e-6), key
+            for a, b in zip(parameters_of(mt.student), parameters_of(off.student)):
+                torch.testing.assert_close(a, b)
+        finally:
+            off.on_train_end()
+            shutil.rmtree(off.output_folder_base, ignore_errors=True)

@@ -22,6 +22,7 @@ def _trainer(dataset, name="nnUNetTrainerMeanTeacher"):
 @pytest.fixture
 def started(phantom_with_pool):
     with started_trainer("nnUNetTrainerMeanTeacher") as t:
+        t.burn_in_steps = 0  # these tests look at the semi-supervised step itself
         yield t
 
 
@@ -33,7 +34,8 @@ def test_train_steps_update_student_and_ema_teacher(started):
 
     student_0 = parameters_of(t.student)
     out_1 = t.train_step(next(t.dataloader_train))
-    assert set(out_1) == {"loss", "train_loss_sup", "train_loss_unsup", "unsup_weight", "confident_fraction"}
+    assert set(out_1) == {"loss", "train_loss_sup", "train_loss_unsup", "unsup_weight", "confident_fraction",
+                          "pl_counts"}  # the phantom's pool knows the truth of its unlabeled cases
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out_1.values())
     assert any(not torch.equal(a, b) for a, b in zip(student_0, parameters_of(t.student)))
     # step 0 uses decay 0: the teacher equals the student; afterwards a true moving average
@@ -52,9 +54,44 @@ def test_train_steps_update_student_and_ema_teacher(started):
     u = next(t.dataloader_unlabeled)["data"]
     assert tuple(u.shape) == (t.batch_size, 1, *t.configuration_manager.patch_size)
 
+    counts = out_1["pl_counts"] + out_2["pl_counts"]
     t.on_train_epoch_end([out_1, out_2])
     expected = (float(out_1["train_loss_unsup"]) + float(out_2["train_loss_unsup"])) / 2
     assert t.logger.get_value("train_loss_unsup", step=-1) == pytest.approx(expected)
+    # pseudo-label diagnostics: per class, summed over the epoch's batches, then the ratios
+    assert counts[2, 1] > 0  # liver voxels were sampled
+    assert t.logger.get_value("pl_recall_liver", step=-1) == pytest.approx(counts[0, 1] / counts[2, 1])
+    assert t.logger.get_value("pl_confident_liver", step=-1) == pytest.approx(counts[3, 1] / counts[2, 1])
+
+
+def test_burn_in_is_supervised_only_then_resets_the_teacher(phantom_with_pool):
+    with started_trainer("nnUNetTrainerMeanTeacher") as t:
+        t.burn_in_steps = 2
+        teacher_0 = parameters_of(t.ema_teacher)
+        consumed = []
+        original = t.unlabeled_batch_with_truth
+        t.unlabeled_batch_with_truth = lambda: consumed.append(1) or original()
+        burn = [t.train_step(next(t.dataloader_train)) for _ in range(2)]
+        assert not consumed  # no unlabeled batch, no teacher forward during burn-in
+        assert all(o["unsup_weight"] == 0.0 and float(o["train_loss_unsup"]) == 0.0 for o in burn)
+        assert all(torch.equal(a, b) for a, b in zip(teacher_0, parameters_of(t.ema_teacher)))
+        student = parameters_of(t.student)
+        t.unsup_rampup_fraction = 0.0  # full weight at once after burn-in
+        out = t.train_step(next(t.dataloader_train))
+        assert consumed and out["unsup_weight"] == t.unsup_weight_max
+        # the teacher was re-initialised from the burnt-in student, then moved by one EMA step towards it
+        d = ema_decay(2, t.ema_decay)  # the update of step 2
+        for teacher, before, after in zip(parameters_of(t.ema_teacher), student, parameters_of(t.student)):
+            torch.testing.assert_close(teacher, d * before + (1 - d) * after)
+
+
+def test_a_burn_in_longer_than_the_run_is_refused(phantom_with_pool):
+    t = _trainer(DATASET_ID)
+    t.num_epochs, t.num_iterations_per_epoch = 2, 5
+    t.burn_in_steps = 11
+    with pytest.raises(DinoMixError, match=r"burn-in \(11 iterations\) is longer than the run \(2 epochs x 5"):
+        t.on_train_start()
+    assert t.network is None
 
 
 def test_checkpoint_keeps_network_weights_plain_and_restores_teacher(started, tmp_path):
@@ -111,3 +148,43 @@ def test_region_based_datasets_are_refused_with_a_reason(phantom_with_pool):
     t = nnUNetTrainerMeanTeacher(plans, "3d_fullres", "all", dataset_json, CPU)
     with pytest.raises(DinoMixError, match="region-based training"):
         t.on_train_start()
+
+
+def test_pretrained_weights_path_is_read_from_nnunet_train_command_line():
+    from nnunet_dinomix.training.mean_teacher import pretrained_weights_from_command_line
+    argv = ["nnUNetv2_train", "971", "3d_fullres", "0", "-tr", "X", "-pretrained_weights", "/m/checkpoint_final.pth"]
+    assert pretrained_weights_from_command_line(argv) == "/m/checkpoint_final.pth"
+    assert pretrained_weights_from_command_line(argv[:5]) is None
+
+
+def test_start_from_a_supervised_model_loads_output_layers_and_skips_burn_in(phantom_with_pool, tmp_path):
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+    with started_trainer("nnUNetTrainer") as supervised:
+        with torch.no_grad():
+            for p in supervised.network.parameters():
+                p.add_(0.01)  # something other than a fresh initialisation, output layers included
+        path = str(tmp_path / "checkpoint_final.pth")
+        checkpoint = checkpoint_with_plain_network(supervised, path)
+
+    t = _trainer(DATASET_ID)
+    t.pretrained_weights = path
+    maybe_load_checkpoint(t, False, False, path)  # what nnUNetv2_train -pretrained_weights does: no .seg_layers.
+    seg = [k for k in checkpoint["network_weights"] if ".seg_layers." in k]
+    assert seg and not torch.equal(t.student.state_dict()[seg[0]], checkpoint["network_weights"][seg[0]])
+    t.on_train_start()
+    try:
+        for k, v in checkpoint["network_weights"].items():  # the whole network, output layers included
+            assert torch.equal(t.student.state_dict()[k], v), k
+            assert torch.equal(t.ema_teacher.state_dict()[k], v), k
+        assert t.burn_in_length() == 0
+    finally:
+        t.on_train_end()
+
+    checkpoint["init_args"]["dataset_json"]["labels"] = {"background": 0, "liver": 1}
+    other = str(tmp_path / "other_labels.pth")
+    torch.save(checkpoint, other)
+    t = _trainer(DATASET_ID)
+    t.pretrained_weights = other
+    with pytest.raises(DinoMixError, match="trained for the labels.*same dataset"):
+        t.on_train_start()
+    assert t.dataloader_train is None  # refused before any loader started

@@ -5,7 +5,8 @@ Layout (``nnUNet_raw/DatasetXXX_Name/``)::
     dataset.json
     imagesTr/  case_0000_0000.nii.gz   labeled training images
     labelsTr/  case_0000.nii.gz
-    imagesUnlabeled/ case_0100_0000.nii.gz   unlabeled images (no labels exist for these)
+    imagesUnlabeled/ case_0100_0000.nii.gz   unlabeled images (training never sees their labels)
+    labelsUnlabeled/ case_0100.nii.gz        their true labels, for pseudo-label diagnostics only
     imagesTs/  case_0200_0000.nii.gz   test images
     labelsTs/  case_0200.nii.gz        test labels, kept aside for scoring
 """
@@ -18,7 +19,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_dinomix.paths import UNLABELED_RAW_FOLDER
+from nnunet_dinomix.paths import DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER
 from nnunet_dinomix.phantom.generator import LABELS, PhantomConfig, class_voxel_counts, make_case
 
 FILE_ENDING = ".nii.gz"
@@ -52,7 +53,8 @@ def write_phantom_dataset(raw_root: str, dataset_id: int = 990, name: str = "Din
             raise FileExistsError(
                 f"nnUNet_raw already has a dataset with ID {dataset_id}: {clashes[0]} ({raw_root}). Nothing was "
                 f"written. Delete it yourself if it is an old phantom, or pick another ID with -d.")
-    sub = {k: os.path.join(folder, k) for k in ("imagesTr", "labelsTr", UNLABELED_RAW_FOLDER, "imagesTs", "labelsTs")}
+    sub = {k: os.path.join(folder, k) for k in ("imagesTr", "labelsTr", UNLABELED_RAW_FOLDER, DIAGNOSTIC_LABELS_FOLDER,
+                                                "imagesTs", "labelsTs")}
     for d in sub.values():
         os.makedirs(d)
 
@@ -68,6 +70,9 @@ def write_phantom_dataset(raw_root: str, dataset_id: int = 990, name: str = "Din
             if group == "imagesTr":
                 _write(label, config.spacing, os.path.join(sub["labelsTr"], case + FILE_ENDING), np.uint8)
                 totals += np.bincount(label.ravel(), minlength=len(LABELS))
+            elif group == UNLABELED_RAW_FOLDER:
+                _write(label, config.spacing, os.path.join(sub[DIAGNOSTIC_LABELS_FOLDER], case + FILE_ENDING),
+                       np.uint8)
             elif group == "imagesTs":
                 _write(label, config.spacing, os.path.join(sub["labelsTs"], case + FILE_ENDING), np.uint8)
         if verbose:

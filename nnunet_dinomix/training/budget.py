@@ -7,11 +7,14 @@ arguments, so short runs are trainer variants (``nnUNetTrainer_5epochs`` and fri
 * ``DINOMIX_ITERATIONS_PER_EPOCH`` (250)
 * ``DINOMIX_VAL_ITERATIONS_PER_EPOCH`` (50)
 
-and are otherwise identical to their parent, so ``nnUNetTrainerBudget`` is the plain nnU-Net baseline.
+and are otherwise identical to their parent, so ``nnUNetTrainerBudget`` is the plain nnU-Net baseline. For recipe
+ablations in benchmarks, ``DINOMIX_TRAINER_SETTINGS`` may hold a JSON object of trainer attributes to override
+(e.g. ``{"unsup_loss": "dice_ce", "burn_in_fraction": 0}``); only attributes the trainer has are accepted.
 Prediction does not read the variables (the trainer is never instantiated by ``nnUNetv2_predict``).
 """
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -27,6 +30,9 @@ _ENV = {
 }
 
 
+SETTINGS_ENV = "DINOMIX_TRAINER_SETTINGS"
+
+
 def apply_budget_from_env(trainer) -> None:
     for attribute, variable in _ENV.items():
         value = os.environ.get(variable)
@@ -35,6 +41,13 @@ def apply_budget_from_env(trainer) -> None:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"{variable} must be a positive integer, got {value!r}")
         setattr(trainer, attribute, int(value))
+    settings = os.environ.get(SETTINGS_ENV)
+    if settings:
+        for attribute, value in json.loads(settings).items():
+            if not hasattr(trainer, attribute):
+                raise ValueError(f"{SETTINGS_ENV}: {type(trainer).__name__} has no attribute {attribute!r}")
+            setattr(trainer, attribute, tuple(value) if isinstance(value, list) else value)
+        trainer.print_to_log_file(f"Settings from {SETTINGS_ENV}: {settings}")
     trainer.print_to_log_file(f"Training length: {trainer.num_epochs} epochs x {trainer.num_iterations_per_epoch} "
                               f"iterations ({trainer.num_val_iterations_per_epoch} validation iterations per epoch)")
 

@@ -1,12 +1,16 @@
 """nnU-Net's per-epoch logger, extended with the semi-supervised curves.
 
 nnU-Net's ``LocalLogger`` accepts only its predefined keys and draws a fixed ``progress.png``. This subclass
-registers extra per-epoch keys and draws nnU-Net's three panels plus one for the semi-supervised terms.
+registers extra per-epoch keys and draws nnU-Net's three panels plus one for the semi-supervised terms, one for
+the PIC curriculum and, where the unlabeled cases' truth is known (diagnostics), two for the per-class recall and
+precision of the teacher's pseudo-labels.
 """
 from __future__ import annotations
 
 import os
 from typing import Dict, Sequence
+
+import numpy as np
 
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
@@ -36,7 +40,10 @@ class SemiSupervisedLocalLogger(LocalLogger):
         x = list(range(epochs))
         sns.set(font_scale=2.5)
         pic_keys = [k for k in self.extra_keys if k.startswith("pic_prob_")]
-        fig, axes = plt.subplots(5 if pic_keys else 4, 1, figsize=(30, 90 if pic_keys else 72))
+        quality = {q: [k for k in self.extra_keys if k.startswith(q + "_")] for q in ("pl_recall", "pl_precision")}
+        has_quality = any(np.isfinite(log[k][:epochs]).any() for keys in quality.values() for k in keys)
+        n_panels = 4 + bool(pic_keys) + 2 * has_quality
+        fig, axes = plt.subplots(n_panels, 1, figsize=(30, 18 * n_panels))
 
         ax = axes[0]
         ax2 = ax.twinx()
@@ -92,6 +99,20 @@ class SemiSupervisedLocalLogger(LocalLogger):
             ax2.set_ylabel("gamma")
             ax.legend(loc=(0, 1), ncol=min(len(pic_keys), 6))
             ax2.legend(loc=(0.9, 1))
+
+        if has_quality:  # how good the teacher's pseudo-labels are, per class, against the diagnostic truth
+            colors = sns.color_palette("husl", len(quality["pl_recall"]))
+            for ax, q, ylabel in ((axes[-2], "pl_recall", "recall (of true voxels)"),
+                                  (axes[-1], "pl_precision", "precision (of trusted pseudo-labels)")):
+                for color, key in zip(colors, quality[q]):
+                    name = key[len(q) + 1:]
+                    ax.plot(x, log[key][:epochs], color=color, ls="-", label=name, linewidth=3)
+                    if q == "pl_recall" and f"pl_confident_{name}" in log:
+                        ax.plot(x, log[f"pl_confident_{name}"][:epochs], color=color, ls="dotted", linewidth=2)
+                ax.set_xlabel("epoch")
+                ax.set_ylabel("pseudo-label " + ylabel + (" / trusted (dotted)" if q == "pl_recall" else ""))
+                ax.set(ylim=[0, 1.02])
+                ax.legend(loc=(0, 1), ncol=min(len(quality[q]), 8))
 
         plt.tight_layout()
         fig.savefig(os.path.join(output_folder, "progress.png"))

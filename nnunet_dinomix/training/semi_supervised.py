@@ -64,8 +64,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.logger.local_logger = SemiSupervisedLocalLogger(self.log_keys())
 
     def log_keys(self) -> Tuple[str, ...]:
-        """Per-epoch means of these ``train_step`` outputs go to the log and progress.png."""
+        """Every extra per-epoch value of the log and progress.png."""
         return tuple(self.extra_log_keys)
+
+    def mean_log_keys(self) -> Tuple[str, ...]:
+        """The log keys that are per-epoch means of ``train_step`` outputs (the rest a subclass logs itself)."""
+        return self.log_keys()
 
     # ------------------------------------------------------------------ set-up
     def check_supported(self) -> None:
@@ -140,7 +144,21 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         return data, target
 
     def unlabeled_batch(self) -> torch.Tensor:
-        return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+        return self.unlabeled_batch_with_truth()[0]
+
+    def unlabeled_batch_with_truth(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The next unlabeled images and, for diagnostics only, their true labels (-1 for samples whose case has
+        none; ``None`` if no sampled case has one). No loss may read the truth."""
+        batch = next(self.dataloader_unlabeled)
+        x = batch["data"].to(self.device, non_blocking=True)
+        known = self.unlabeled_pool.truth_identifiers if self.unlabeled_pool is not None else frozenset()
+        has_truth = torch.tensor([k in known for k in batch.get("keys", ())], dtype=torch.bool)
+        if not bool(has_truth.any()):
+            return x, None
+        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+        target = torch.as_tensor(target)
+        truth = torch.where(has_truth.view(-1, *([1] * (target.ndim - 1))), target, torch.full_like(target, -1))
+        return x, truth.to(self.device, non_blocking=True)
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         """Backward, clip to 12 and step, with nnU-Net's grad scaler when it has one (CUDA)."""
@@ -170,7 +188,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        for key in self.log_keys():
+        for key in self.mean_log_keys():
             values = np.array([float(o[key]) for o in train_outputs if key in o], dtype=float)
             value = float(np.nanmean(values)) if len(values) else float("nan")
             if self.is_ddp:

@@ -77,6 +77,11 @@ class UnlabeledPool:
     identifiers: List[str]
     manifest: Manifest
 
+    @property
+    def truth_identifiers(self) -> frozenset:
+        """Cases whose segmentation file holds their true label (diagnostics only)."""
+        return frozenset(k for k in self.identifiers if self.manifest.cases[k].get("truth"))
+
     def dataset(self):
         """The pool as nnU-Net's own dataset class (the files are in nnU-Net's blosc2 format)."""
         from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2

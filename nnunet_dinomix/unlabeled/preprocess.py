@@ -7,6 +7,11 @@ Nothing of nnU-Net's (plans, fingerprint, splits, preprocessed folders) is modif
 
 Resumable: a case is written to ``<pool>/.staging/`` first, moved into the pool data file last, and only then
 recorded in the manifest. A re-run skips cases whose source files are unchanged.
+
+Diagnostics only: where a folder ``labelsUnlabeled/`` beside the unlabeled images holds a case's true label (the
+phantom writes them), it is preprocessed with the image, as nnU-Net preprocesses a training label, into the case's
+segmentation file. Trainers use it for nothing but logging how good their pseudo-labels are; without it the
+segmentation file holds nnU-Net's 0 / -1 crop mask as before.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -34,10 +39,24 @@ SPACING_TOLERANCE_FACTOR = 2.0
 class Case:
     identifier: str
     files: Tuple[str, ...]
+    truth: Optional[str] = None  # diagnostics-only true label, never trained on
 
     def signature(self) -> List[List[int]]:
-        """Size and modification time of each file: enough to notice a replaced image."""
-        return [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in self.files]
+        """Size and modification time of each file: enough to notice a replaced image (or label)."""
+        return [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in self.files + ((self.truth,) if self.truth
+                                                                                      else ())]
+
+
+def attach_truth(cases: List[Case], input_folder: str, file_ending: str) -> List[Case]:
+    """Pair each case with ``labelsUnlabeled/CASE{file_ending}`` beside ``input_folder``, where it exists."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(input_folder)), paths.DIAGNOSTIC_LABELS_FOLDER)
+    if not os.path.isdir(folder):
+        return cases
+    out = []
+    for case in cases:
+        truth = os.path.join(folder, case.identifier + file_ending)
+        out.append(replace(case, truth=truth) if os.path.isfile(truth) else case)
+    return out
 
 
 def find_cases(folder: str, file_ending: str, num_channels: int) -> List[Case]:
@@ -125,7 +144,13 @@ def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, da
                            f"{e}). Check that the files are valid images of the dataset's format.") from e
     check_image(case, data, properties, len(dataset_json["channel_names"]), bounds)
 
-    data, seg, properties = cm.preprocessor_class(verbose=False).run_case_npy(data, None, properties, pm, cm,
+    truth = None
+    if case.truth is not None:
+        truth, _ = pm.image_reader_writer_class().read_seg(case.truth)
+        if truth.shape[1:] != data.shape[1:]:
+            raise DinoMixError(f"case {case.identifier}: the diagnostic label {case.truth} has shape "
+                               f"{truth.shape[1:]}, the image {data.shape[1:]}. Fix or remove the label.")
+    data, seg, properties = cm.preprocessor_class(verbose=False).run_case_npy(data, truth, properties, pm, cm,
                                                                               dataset_json)
     properties["class_locations"] = {}  # nnUNetDataLoader reads it unconditionally
     data = data.astype(np.float32, copy=False)
@@ -194,7 +219,8 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     cm = PlansManager(plans).get_configuration(configuration)
 
     input_folder = input_folder or paths.default_unlabeled_raw_folder(os.path.join(raw_root, dataset_name))
-    cases = find_cases(input_folder, dataset_json["file_ending"], len(dataset_json["channel_names"]))
+    cases = attach_truth(find_cases(input_folder, dataset_json["file_ending"], len(dataset_json["channel_names"])),
+                         input_folder, dataset_json["file_ending"])
     bounds = None if allow_spacing_outliers else spacing_bounds(load_json(fingerprint_file))
 
     pool_dir = paths.pool_folder(pre_folder, cm.data_identifier)
@@ -237,7 +263,7 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     try:
         for identifier, signature in _run_jobs(jobs, num_processes, verbose):
             manifest.cases[identifier] = {"files": [os.path.basename(f) for f in by_id[identifier].files],
-                                          "signature": signature}
+                                          "signature": signature, "truth": by_id[identifier].truth is not None}
             manifest.save(manifest_path)
             processed.append(identifier)
     finally:
