@@ -1,0 +1,298 @@
+"""Held-out quality of semi-supervised trainers against plain nnU-Net, over several phantom seeds, paired.
+
+For every seed: a fresh phantom draw (its own labeled, unlabeled and test cases, with the unlabeled cases' true
+labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the tiny CPU plans, the unlabeled pool.
+Then every trainer is trained with the same labeled cases for the same number of optimizer steps (burn-in counted),
+predicts the held-out test cases with ``nnUNetv2_predict --disable_tta`` and is scored with
+``nnUNetv2_evaluate_folder``. ``--upper-bound`` adds plain nnU-Net trained on every training case with its true
+label (the labeled and the unlabeled ones), the bound semi-supervised learning is reported between.
+
+The report (benchmarks/results/NAME.md) has per-seed per-class Dice, mean ± std over seeds, the paired
+difference of every trainer to the first (the reference, plain nnU-Net), the share of the gap between the
+reference and the upper bound that each closes, and each run's wall-clock time.
+
+A trainer is given as ``TRAINER`` or ``LABEL=TRAINER+{JSON}`` (attribute overrides, through the Budget variants'
+``DINOMIX_TRAINER_SETTINGS``), e.g. ``MT-dice=nnUNetTrainerMeanTeacherBudget+{"unsup_loss":"dice_ce"}``.
+
+    python benchmarks/ssl_quality.py --seeds 0 1 2 --steps 600 --upper-bound --jobs 2 --name ssl_quality_cpu
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from typing import Dict, List, Optional
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget"]
+UPPER = "upper bound (all labels)"
+DATASET, FULL_DATASET = 990, 991
+# nnU-Net sizes torch's thread pool from multiprocessing.cpu_count(); runs side by side get a share of the cores
+TRAIN_LAUNCHER = ("import multiprocessing, sys; multiprocessing.cpu_count = lambda: {threads}; "
+                  "from nnunetv2.run.run_training import run_training_entry; sys.argv[0] = 'nnUNetv2_train'; "
+                  "run_training_entry()")
+
+
+@dataclass
+class Run:
+    label: str
+    trainer: str
+    settings: Optional[str]
+    dataset: int
+    seed: int
+
+
+def parse_trainer(spec: str) -> tuple:
+    if "=" not in spec:
+        return spec, spec, None
+    label, rest = spec.split("=", 1)
+    trainer, _, settings = rest.partition("+")
+    if settings:
+        json.loads(settings)  # fail now, not after an hour
+    return label, trainer, settings or None
+
+
+def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, str]:
+    """Phantom, nnU-Net plan + preprocess, tiny plans and the unlabeled pool; the all-labels twin if asked."""
+    from nnunet_dinomix import demo
+    from nnunet_dinomix.paths import DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER
+    from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, write_phantom_dataset
+    env = demo._env(work, "cpu")
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        os.makedirs(env[k], exist_ok=True)
+    raw = write_phantom_dataset(env["nnUNet_raw"], DATASET, demo.DATASET_NAME, PhantomSplit(), seed=seed,
+                                config=config, verbose=False)
+    datasets = [DATASET]
+    if upper_bound:  # the same training images, every one with its true label
+        full = os.path.join(env["nnUNet_raw"], dataset_folder_name(FULL_DATASET, demo.DATASET_NAME + "Full"))
+        shutil.copytree(raw, full, ignore=shutil.ignore_patterns(UNLABELED_RAW_FOLDER, DIAGNOSTIC_LABELS_FOLDER))
+        for src, dst in ((UNLABELED_RAW_FOLDER, "imagesTr"), (DIAGNOSTIC_LABELS_FOLDER, "labelsTr")):
+            for f in os.listdir(os.path.join(raw, src)):
+                shutil.copy2(os.path.join(raw, src, f), os.path.join(full, dst, f))
+        with open(os.path.join(full, "dataset.json")) as f:
+            dataset_json = json.load(f)
+        dataset_json["numTraining"] = len(os.listdir(os.path.join(full, "labelsTr")))
+        with open(os.path.join(full, "dataset.json"), "w") as f:
+            json.dump(dataset_json, f, indent=1)
+        datasets.append(FULL_DATASET)
+    plan_env = dict(env, nnUNet_n_proc_DA="2")  # nnU-Net 2.8.1's planner fails with 0
+    for d in datasets:
+        demo.run([demo._bin("nnUNetv2_plan_and_preprocess"), "-d", str(d), "-c", demo.CONFIGURATION, "-np", "2"],
+                 plan_env, os.path.join(work, f"plan_{d}.log"))
+        demo.run([demo._bin("dinomix_plans_preset"), "-d", str(d), "--preset", "tiny_cpu"], env,
+                 os.path.join(work, f"preset_{d}.log"))
+    demo.run([demo._bin("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
+             os.path.join(work, "pool.log"))
+    return env
+
+
+def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int) -> dict:
+    from nnunet_dinomix import demo
+    from nnunet_dinomix.phantom.dataset import dataset_folder_name
+    results = os.path.join(work, "results", run.label.replace(" ", "_").replace("(", "").replace(")", ""))
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs, exist_ok=True)
+    run_env = dict(env, nnUNet_results=results, nnUNet_n_proc_DA="0", DINOMIX_NUM_EPOCHS=str(epochs),
+                   DINOMIX_ITERATIONS_PER_EPOCH=str(iterations), DINOMIX_VAL_ITERATIONS_PER_EPOCH="2",
+                   OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    if run.settings:
+        run_env["DINOMIX_TRAINER_SETTINGS"] = run.settings
+    else:
+        run_env.pop("DINOMIX_TRAINER_SETTINGS", None)
+    tag = run.label.replace(" ", "_").replace("(", "").replace(")", "")
+    start = time.time()
+    demo.run([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
+              "all", "-tr", run.trainer, "-p", demo.PLANS, "-device", "cpu"], run_env,
+             os.path.join(logs, f"train_{tag}.log"))
+    train_s = time.time() - start
+    raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET, demo.DATASET_NAME))
+    prediction = os.path.join(work, "predictions", tag)
+    demo.run([demo._bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
+              str(run.dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", demo.PLANS,
+              "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], run_env,
+             os.path.join(logs, f"predict_{tag}.log"))
+    plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET, demo.DATASET_NAME),
+                              demo.PLANS + ".json")
+    demo.run([demo._bin("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction, "-djfile",
+              os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], run_env,
+             os.path.join(logs, f"evaluate_{tag}.log"))
+    from nnunet_dinomix.phantom.generator import LABELS
+    from nnunet_dinomix.report import load_summary, per_class_dice
+    summary = load_summary(os.path.join(prediction, "summary.json"))
+    return {"label": run.label, "seed": run.seed, "dice": per_class_dice(summary, LABELS),
+            "foreground_mean": float(summary["foreground_mean"]["Dice"]), "train_s": train_s}
+
+
+def fmt(values: List[float], std: bool = True) -> str:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return "n/a"
+    return f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if std and len(v) > 1 else f"{100 * np.mean(v):.1f}"
+
+
+def report(records: List[dict], labels: List[str], tail: List[str], header: List[str]) -> str:
+    from nnunet_dinomix.phantom.generator import LABELS
+    classes = [c for c in LABELS if c != "background"]
+    seeds = sorted({r["seed"] for r in records})
+    by = {(r["label"], r["seed"]): r for r in records}
+
+    def metric(r, name):
+        if name == "mean (foreground)":
+            return r["foreground_mean"]
+        if name == "mean (3 rarest)":
+            return float(np.nanmean([r["dice"][c] for c in tail]))
+        return r["dice"][name]
+
+    rows = classes + ["mean (foreground)", "mean (3 rarest)"]
+    ref = labels[0]
+    out = header + ["", f"Rarest three classes by labeled voxels: {', '.join(tail)}.", "",
+                    "## Test Dice (%), mean ± std over seeds", "",
+                    "| class | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for name in rows:
+        out.append(f"| {name} | " + " | ".join(fmt([metric(by[(l, s)], name) for s in seeds if (l, s) in by])
+                                               for l in labels) + " |")
+    out += ["", f"## Paired difference to {ref} (Dice points, mean ± std over seeds; per seed in brackets)", "",
+            "| class | " + " | ".join(labels[1:]) + " |", "|---|" + "---:|" * (len(labels) - 1)]
+    for name in rows:
+        cells = []
+        for l in labels[1:]:
+            d = [metric(by[(l, s)], name) - metric(by[(ref, s)], name) for s in seeds if (l, s) in by and (ref, s) in by]
+            cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(l == UPPER for l in labels):
+        out += ["", f"## Share of the gap between {ref} and the upper bound that each trainer closes", "",
+                "| metric | " + " | ".join(l for l in labels[1:] if l != UPPER) + " |",
+                "|---|" + "---:|" * (len(labels) - 2)]
+        for name in ("mean (foreground)", "mean (3 rarest)"):
+            cells = []
+            for l in labels[1:]:
+                if l == UPPER:
+                    continue
+                gains = [metric(by[(l, s)], name) - metric(by[(ref, s)], name) for s in seeds if (l, s) in by]
+                gaps = [metric(by[(UPPER, s)], name) - metric(by[(ref, s)], name) for s in seeds if (l, s) in by]
+                cells.append(f"{np.sum(gains) / np.sum(gaps):.2f}" if np.sum(gaps) > 0 else "n/a")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "## Per seed: foreground mean / 3 rarest (%) and training wall-clock (min)", "",
+            "| seed | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for s in seeds:
+        cells = []
+        for l in labels:
+            r = by.get((l, s))
+            cells.append("n/a" if r is None else f"{100 * r['foreground_mean']:.1f} / "
+                         f"{100 * metric(r, 'mean (3 rarest)'):.1f} ({r['train_s'] / 60:.1f})")
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    out += ["", "## Per seed, per class (%)", ""]
+    for s in seeds:
+        out += [f"Seed {s}:", "", "| class | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        for name in rows:
+            out.append(f"| {name} | " + " | ".join(
+                "n/a" if (l, s) not in by else f"{100 * metric(by[(l, s)], name):.1f}" for l in labels) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps per run (burn-in counted)")
+    p.add_argument("--iterations", type=int, default=50, help="iterations per nnU-Net epoch")
+    p.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS, help="first is the reference")
+    p.add_argument("--upper-bound", action="store_true", help="add nnUNetTrainer on all training cases' labels")
+    p.add_argument("--first-seed-only", nargs="*", default=[], metavar="LABEL",
+                   help="trainers run on the first seed only (diagnostic recipes)")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (cores are shared among them)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    p.add_argument("--name", default="ssl_quality_cpu")
+    p.add_argument("--work", default=None, help="work folder [default: benchmarks/work/NAME]")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
+    args = p.parse_args(argv)
+    if args.steps % args.iterations:
+        p.error("--steps must be a multiple of --iterations")
+    work = os.path.abspath(args.work or os.path.join(HERE, "work", args.name))
+    if args.report_only:
+        with open(os.path.join(work, "records.json")) as f:
+            records = json.load(f)
+        return write_result(args, argv, work, records, time.time())
+    if os.path.isdir(work) and os.listdir(work):
+        raise SystemExit(f"{work} exists; remove it or pass --work")
+    from nnunet_dinomix.phantom.generator import PhantomConfig
+    config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
+    specs = [parse_trainer(t) for t in args.trainers]
+    labels = [s[0] for s in specs] + ([UPPER] if args.upper_bound else [])
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    start = time.time()
+    envs, runs = {}, []
+    for seed in args.seeds:
+        seed_work = os.path.join(work, f"seed_{seed}")
+        print(f"seed {seed}: preparing the phantom, plans and pool", flush=True)
+        envs[seed] = prepare_seed(seed_work, seed, args.upper_bound, config)
+        runs += [Run(label, trainer, settings, DATASET, seed) for label, trainer, settings in specs
+                 if seed == args.seeds[0] or label not in args.first_seed_only]
+        if args.upper_bound:
+            runs.append(Run(UPPER, "nnUNetTrainerBudget", None, FULL_DATASET, seed))
+    epochs = args.steps // args.iterations
+    records = []
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(train_and_score, r, os.path.join(work, f"seed_{r.seed}"), envs[r.seed], epochs,
+                               args.iterations, threads): r for r in runs}
+        for future in concurrent.futures.as_completed(futures):
+            r = future.result()
+            records.append(r)
+            print(f"  seed {r['seed']} {r['label']}: foreground mean {100 * r['foreground_mean']:.1f}, "
+                  f"{r['train_s'] / 60:.1f} min", flush=True)
+            with open(os.path.join(work, "records.json"), "w") as f:
+                json.dump(records, f, indent=1)
+
+    return write_result(args, argv, work, records, start)
+
+
+def write_result(args, argv, work: str, records: List[dict], start: float) -> int:
+    from nnunet_dinomix import demo
+    from nnunet_dinomix.phantom.dataset import dataset_folder_name, summarise_labels
+    from nnunet_dinomix.phantom.generator import PhantomConfig
+    from nnunet_dinomix.report import rarest_classes
+    config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
+    specs = [parse_trainer(t) for t in args.trainers]
+    labels = [s[0] for s in specs] + ([UPPER] if args.upper_bound else [])
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    epochs = args.steps // args.iterations
+    labels_tr = os.path.join(work, f"seed_{args.seeds[0]}", "nnUNet_raw",
+                             dataset_folder_name(DATASET, demo.DATASET_NAME), "labelsTr")
+    tail = rarest_classes(summarise_labels([os.path.join(labels_tr, f) for f in sorted(os.listdir(labels_tr))]))
+    command = "python benchmarks/ssl_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = [f"# Semi-supervised quality on held-out phantom cases: {args.name}", "",
+              f"- date: {date.today().isoformat()}",
+              f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, CPU only; {args.jobs} runs side by side "
+              f"with {threads} thread(s) each",
+              f"- command: `{command}`",
+              f"- data: per seed a fresh phantom (4 labeled, 16 unlabeled, 6 test cases, shape {config.shape}); "
+              f"plans nnUNetPlansTinyCPU; fold 'all'",
+              f"- training: {args.steps} optimizer steps for every run ({epochs} epochs x {args.iterations}), burn-in "
+              f"counted; nnUNet_n_proc_DA=0",
+              "- evaluation: nnUNetv2_predict --disable_tta on the 6 test cases, nnUNetv2_evaluate_folder",
+              "- trainers: " + "; ".join(f"{l} = {t}" + (f" with {s}" if s else "") for l, t, s in specs),
+              f"- total wall-clock: {(time.time() - start) / 60:.0f} min" if not args.report_only else
+              "- total wall-clock: see the first run of this report"]
+    text = report(records, labels, tail, header)
+    out = os.path.join(HERE, "results", args.name + ".md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
+    print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
