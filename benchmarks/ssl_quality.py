@@ -247,7 +247,12 @@ def main(argv=None) -> int:
         futures = {pool.submit(train_and_score, r, os.path.join(work, f"seed_{r.seed}"), envs[r.seed], epochs,
                                args.iterations, threads): r for r in runs}
         for future in concurrent.futures.as_completed(futures):
-            r = future.result()
+            try:
+                r = future.result()
+            except (Exception, SystemExit) as e:  # one failed run must not lose the others' results
+                failed = futures[future]
+                print(f"  seed {failed.seed} {failed.label}: FAILED ({e}); see its log in the work folder", flush=True)
+                continue
             records.append(r)
             print(f"  seed {r['seed']} {r['label']}: foreground mean {100 * r['foreground_mean']:.1f}, "
                   f"{r['train_s'] / 60:.1f} min", flush=True)

@@ -98,13 +98,15 @@ def test_dinomix_train_resume_predict_without_weights_and_show_pic(phantom_datas
                         f"{DINOMIX}__{TINY_PLANS}__3d_fullres", "fold_all")
     first = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     state = first[CHECKPOINT_KEY]
-    assert state["fkd_head"] and state["pic_counts"]["updates"] == 3
+    assert state["fkd_head"] and state["mixer"]["counts"]["updates"] == 3
     log = open(os.path.join(fold, [f for f in os.listdir(fold) if f.startswith("training_log")][0])).read()
     assert "FKD: DINOv3 from" in log and "train_loss_fkd" in log and "pic_prob_adrenal" in log
+    assert "Recipe: burn-in 2 of 3 iterations" in log and "pl_recall_liver" in log  # the phantom's truth is known
 
     run_cli(*train, "--c", env_extra={**weights, **_budget(2)})
     second = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    assert second["current_epoch"] == 2 and second[CHECKPOINT_KEY]["pic_counts"]["updates"] == 6
+    # resumed into its burn-in (3 of 6 iterations): the teacher is re-initialised at step 3, the mixer goes on
+    assert second["current_epoch"] == 2 and second[CHECKPOINT_KEY]["mixer"]["counts"]["updates"] == 6
     assert len(second["logging"]["pic_gamma"]) == 2
     assert second["logging"]["pic_gamma"][1] < second["logging"]["pic_gamma"][0] <= 1.0  # the curriculum moved on
 

@@ -236,6 +236,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
 
     def on_train_start(self):
         self.check_recipe()
+        self.open_unlabeled_pool()
         if not self.was_initialized:
             self.initialize()
         resumed = self.ema_teacher is not None  # restored by --c

@@ -82,10 +82,16 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             raise DinoMixError(f"{name} does not support cascade configurations: unlabeled cases have no "
                                f"previous-stage segmentation. Use 3d_fullres, 3d_lowres or 2d.")
 
+    def open_unlabeled_pool(self) -> None:
+        """Check what the trainer supports and open the pool (or fail with the command that makes it), before
+        anything is built."""
+        if self.unlabeled_pool is None:
+            self.check_supported()
+            self.unlabeled_pool = open_pool(self.preprocessed_dataset_folder_base, self.plans_manager.plans,
+                                            self.configuration_name, self.dataset_json, self.plans_manager.plans_name)
+
     def on_train_start(self):
-        self.check_supported()
-        self.unlabeled_pool = open_pool(self.preprocessed_dataset_folder_base, self.plans_manager.plans,
-                                        self.configuration_name, self.dataset_json, self.plans_manager.plans_name)
+        self.open_unlabeled_pool()
         super().on_train_start()
         self.print_to_log_file(f"Unlabeled pool: {len(self.unlabeled_pool.identifiers)} cases from "
                                f"{self.unlabeled_pool.folder}")
