@@ -54,6 +54,25 @@ def test_pool_is_exactly_nnunet_preprocessing(scratch):
     assert data.shape == ours.shape
 
 
+def test_diagnostic_labels_are_preprocessed_as_nnunet_preprocesses_labels(scratch, capsys):
+    """labelsUnlabeled/ (diagnostics only) goes through nnU-Net's preprocessing with its image; a missing label
+    warns and leaves that case without truth."""
+    labels = os.path.join(scratch["raw"], "labelsUnlabeled")
+    shutil.copy(os.path.join(scratch["raw"], "imagesTr", "case_0000_0000.nii.gz"),
+                os.path.join(scratch["unlabeled"], "copy_0000_0000.nii.gz"))
+    shutil.copy(os.path.join(scratch["raw"], "labelsTr", "case_0000.nii.gz"), os.path.join(labels, "copy_0000.nii.gz"))
+    os.remove(os.path.join(labels, "case_0100.nii.gz"))
+    preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "no label for 1 of 5 unlabeled cases (case_0100)" in out
+    ours = blosc2.open(os.path.join(scratch["pool"], "copy_0000_seg.b2nd"), mode="r")[:]
+    nnunet = blosc2.open(os.path.join(scratch["pre"], "nnUNetPlans_3d_fullres", "case_0000_seg.b2nd"), mode="r")[:]
+    assert np.array_equal(ours, nnunet)
+    pool = _open(scratch)
+    assert pool.truth_identifiers == set(pool.identifiers) - {"case_0100"}
+    assert pickle.load(open(os.path.join(scratch["pool"], "copy_0000.pkl"), "rb"))["class_locations"] == {}
+
+
 def test_nnunet_files_untouched_and_pool_survives_nnunet_preprocess(scratch):
     before = _hash_tree(scratch["pre"])
     preprocess_unlabeled(scratch["id"], num_processes=2, verbose=False)  # spawn workers, like the CLI default

@@ -52,10 +52,16 @@ def attach_truth(cases: List[Case], input_folder: str, file_ending: str) -> List
     folder = os.path.join(os.path.dirname(os.path.abspath(input_folder)), paths.DIAGNOSTIC_LABELS_FOLDER)
     if not os.path.isdir(folder):
         return cases
-    out = []
+    out, missing = [], []
     for case in cases:
         truth = os.path.join(folder, case.identifier + file_ending)
         out.append(replace(case, truth=truth) if os.path.isfile(truth) else case)
+        if not os.path.isfile(truth):
+            missing.append(case.identifier)
+    if missing:
+        print(f"WARNING: {folder} has no label for {len(missing)} of {len(cases)} unlabeled cases "
+              f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}). The pseudo-label diagnostics use the "
+              f"others; training is not affected.")
     return out
 
 
