@@ -101,6 +101,9 @@ def test_checkpoint_keeps_network_weights_plain_and_restores_teacher(started, tm
     path = str(tmp_path / "checkpoint.pth")
     ckpt = checkpoint_with_plain_network(t, path)
     assert ckpt["trainer_name"] == "nnUNetTrainerMeanTeacher"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # readable by the group, like nnU-Net's own files
     assert set(ckpt[CHECKPOINT_KEY]["ema_teacher"]) == set(ckpt["network_weights"])
 
     fresh = _trainer(DATASET_ID)

@@ -17,7 +17,6 @@ Subclasses define ``train_step`` and, if they hold state, ``training_state``/``l
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import nullcontext
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -30,6 +29,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.fileio import replace_atomically
 from nnunet_dinomix.training.progress import SemiSupervisedLocalLogger
 from nnunet_dinomix.training.unlabeled_loader import make_augmenter, nnUNetUnlabeledDataLoader
 from nnunet_dinomix.unlabeled.pool import UnlabeledPool, open_pool
@@ -233,10 +233,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         # nnU-Net builds the checkpoint dict inside save_checkpoint; add our key to what it wrote, atomically
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         checkpoint[CHECKPOINT_KEY] = self.training_state()
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(filename)), suffix=".pth.tmp")
-        os.close(fd)
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        replace_atomically(filename, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
 from nnunet_dinomix import paths
 from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.fileio import replace_atomically
 
 MANIFEST_FORMAT = 1
 
@@ -65,10 +65,11 @@ class Manifest:
     def save(self, path: str) -> None:
         """Write atomically: a crash leaves the previous manifest, never a truncated one."""
         self.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".manifest", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.__dict__, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                json.dump(self.__dict__, f, indent=1, sort_keys=True)
+
+        replace_atomically(path, write)
 
 
 @dataclass(frozen=True)
