@@ -229,7 +229,6 @@ def main(argv=None) -> int:
     from nnunet_dinomix.phantom.generator import PhantomConfig
     config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
     specs = [parse_trainer(t) for t in args.trainers]
-    labels = [s[0] for s in specs] + ([UPPER] if args.upper_bound else [])
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     start = time.time()
     envs, runs = {}, []

@@ -19,7 +19,7 @@ from typing import Dict, NamedTuple, Optional
 
 import torch
 
-from nnunet_dinomix.pic.curriculum import ClassCounts
+from nnunet_dinomix.pic.curriculum import ClassCounts, voxel_counts
 
 CONFIDENCE_RULES = (None, "global", "class_adaptive")
 
@@ -80,9 +80,7 @@ class ClassBalance:
         self.counts = ClassCounts(num_classes, momentum)
 
     def update(self, labels: torch.Tensor, mask: torch.Tensor) -> None:
-        counts = torch.bincount(labels.reshape(-1).long(), weights=mask.reshape(-1).double(),
-                                minlength=self.counts.num_classes)
-        self.counts.update(counts)
+        self.counts.update(voxel_counts(labels, mask, self.counts.num_classes))
 
     @property
     def weights(self) -> torch.Tensor:
@@ -108,10 +106,10 @@ def pseudo_label_quality(pseudo: PseudoLabels, truth: torch.Tensor, num_classes:
     """(4, K) float64 counts per class: true positives among trusted pseudo-labels, trusted pseudo-labels,
     true voxels, and true voxels the teacher trusts (whatever it calls them). Precision = row 0 / row 1, recall =
     row 0 / row 2 (a class masked away or mislabelled is missed), confident fraction = row 3 / row 2."""
-    valid = truth.reshape(-1).to(pseudo.labels.device) >= 0  # -1: a sample without a known truth
-    labels = pseudo.labels.reshape(-1)[valid]
+    truth = truth.reshape(-1).to(pseudo.labels.device).long()
+    valid = truth >= 0  # -1: a sample without a known truth
+    labels, truth = pseudo.labels.reshape(-1)[valid], truth[valid]
     trusted = pseudo.mask.reshape(-1)[valid] > 0
-    truth = truth.reshape(-1).to(labels.device)[valid].long()
 
     def count(selected: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return torch.bincount(values[selected], minlength=num_classes)[:num_classes].double().cpu()

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
@@ -78,7 +79,7 @@ class UnlabeledPool:
     identifiers: List[str]
     manifest: Manifest
 
-    @property
+    @cached_property  # read for every unlabeled batch; the pool does not change during a training
     def truth_identifiers(self) -> frozenset:
         """Cases whose segmentation file holds their true label (diagnostics only)."""
         return frozenset(k for k in self.identifiers if self.manifest.cases[k].get("truth"))

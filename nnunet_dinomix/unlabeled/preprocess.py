@@ -55,8 +55,10 @@ def attach_truth(cases: List[Case], input_folder: str, file_ending: str) -> List
     out, missing = [], []
     for case in cases:
         truth = os.path.join(folder, case.identifier + file_ending)
-        out.append(replace(case, truth=truth) if os.path.isfile(truth) else case)
-        if not os.path.isfile(truth):
+        if os.path.isfile(truth):
+            out.append(replace(case, truth=truth))
+        else:
+            out.append(case)
             missing.append(case.identifier)
     if missing:
         print(f"WARNING: {folder} has no label for {len(missing)} of {len(cases)} unlabeled cases "
