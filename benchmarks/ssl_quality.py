@@ -105,7 +105,9 @@ def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, itera
     os.makedirs(logs, exist_ok=True)
     run_env = dict(env, nnUNet_results=results, nnUNet_n_proc_DA="0", DINOMIX_NUM_EPOCHS=str(epochs),
                    DINOMIX_ITERATIONS_PER_EPOCH=str(iterations), DINOMIX_VAL_ITERATIONS_PER_EPOCH="2",
-                   OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+                   OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
+                   # common random numbers: every trainer of a seed starts from the same weights and batches
+                   DINOMIX_SEED=str(run.seed))
     if run.settings:
         run_env["DINOMIX_TRAINER_SETTINGS"] = run.settings
     else:
@@ -171,7 +173,8 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
             cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(l == UPPER for l in labels):
-        out += ["", f"## Share of the gap between {ref} and the upper bound that each trainer closes", "",
+        out += ["", f"## Share of the gap between {ref} and the upper bound that each trainer closes "
+                    "(seeds with a bound)", "",
                 "| metric | " + " | ".join(l for l in labels[1:] if l != UPPER) + " |",
                 "|---|" + "---:|" * (len(labels) - 2)]
         for name in ("mean (foreground)", "mean (3 rarest)"):
@@ -179,8 +182,9 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
             for l in labels[1:]:
                 if l == UPPER:
                     continue
-                gains = [metric(by[(l, s)], name) - metric(by[(ref, s)], name) for s in seeds if (l, s) in by]
-                gaps = [metric(by[(UPPER, s)], name) - metric(by[(ref, s)], name) for s in seeds if (l, s) in by]
+                both = [s for s in seeds if (l, s) in by and (ref, s) in by and (UPPER, s) in by]
+                gains = [metric(by[(l, s)], name) - metric(by[(ref, s)], name) for s in both]
+                gaps = [metric(by[(UPPER, s)], name) - metric(by[(ref, s)], name) for s in both]
                 cells.append(f"{np.sum(gains) / np.sum(gaps):.2f}" if np.sum(gaps) > 0 else "n/a")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     out += ["", "## Per seed: foreground mean / 3 rarest (%) and training wall-clock (min)", "",
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
     p.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS, help="first is the reference")
     p.add_argument("--upper-bound", action="store_true", help="add nnUNetTrainer on all training cases' labels")
     p.add_argument("--first-seed-only", nargs="*", default=[], metavar="LABEL",
-                   help="trainers run on the first seed only (diagnostic recipes)")
+                   help=f"trainers run on the first seed only (diagnostic recipes; '{UPPER}' for the bound)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (cores are shared among them)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     p.add_argument("--name", default="ssl_quality_cpu")
@@ -238,7 +242,7 @@ def main(argv=None) -> int:
         envs[seed] = prepare_seed(seed_work, seed, args.upper_bound, config)
         runs += [Run(label, trainer, settings, DATASET, seed) for label, trainer, settings in specs
                  if seed == args.seeds[0] or label not in args.first_seed_only]
-        if args.upper_bound:
+        if args.upper_bound and (seed == args.seeds[0] or UPPER not in args.first_seed_only):
             runs.append(Run(UPPER, "nnUNetTrainerBudget", None, FULL_DATASET, seed))
     epochs = args.steps // args.iterations
     records = []
@@ -283,7 +287,8 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
               f"- data: per seed a fresh phantom (4 labeled, 16 unlabeled, 6 test cases, shape {config.shape}); "
               f"plans nnUNetPlansTinyCPU; fold 'all'",
               f"- training: {args.steps} optimizer steps for every run ({epochs} epochs x {args.iterations}), burn-in "
-              f"counted; nnUNet_n_proc_DA=0",
+              f"counted; nnUNet_n_proc_DA=0; the runs of one seed share DINOMIX_SEED (the same initial weights and "
+              f"labeled batches, so a semi-supervised trainer's burn-in repeats the reference's first steps)",
               "- evaluation: nnUNetv2_predict --disable_tta on the 6 test cases, nnUNetv2_evaluate_folder",
               "- trainers: " + "; ".join(f"{l} = {t}" + (f" with {s}" if s else "") for l, t, s in specs),
               f"- total wall-clock: {(time.time() - start) / 60:.0f} min" if not args.report_only else

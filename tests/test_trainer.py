@@ -191,3 +191,30 @@ def test_start_from_a_supervised_model_loads_output_layers_and_skips_burn_in(pha
     with pytest.raises(DinoMixError, match="trained for the labels.*same dataset"):
         t.on_train_start()
     assert t.dataloader_train is None  # refused before any loader started
+
+
+def _seeded_burn_in(name: str, steps: int = 2):
+    with started_trainer(name) as t:
+        weights = parameters_of(t.network)
+        losses = [float(t.train_step(next(t.dataloader_train))["loss"]) for _ in range(steps)]
+        return weights, losses, parameters_of(t.network)
+
+
+def test_a_shared_seed_makes_burn_in_repeat_plain_nnunet_step_for_step(phantom_with_pool, monkeypatch):
+    """DINOMIX_SEED pairs benchmark runs: the same initial weights and labeled batches, so Mean Teacher's burn-in
+    is nnU-Net's own training, loss for loss and weight for weight."""
+    monkeypatch.setenv("DINOMIX_SEED", "3")
+    w_plain, loss_plain, end_plain = _seeded_burn_in("nnUNetTrainerBudget")
+    w_mt, loss_mt, end_mt = _seeded_burn_in("nnUNetTrainerMeanTeacherBudget")  # burn-in: half of 1000 x 250 steps
+    assert all(torch.equal(a, b) for a, b in zip(w_plain, w_mt))
+    assert loss_plain == loss_mt
+    assert all(torch.equal(a, b) for a, b in zip(end_plain, end_mt))
+    monkeypatch.setenv("DINOMIX_SEED", "4")
+    w_other, loss_other, _ = _seeded_burn_in("nnUNetTrainerBudget", steps=1)
+    assert not all(torch.equal(a, b) for a, b in zip(w_plain, w_other)) and loss_other[0] != loss_plain[0]
+
+
+def test_a_bad_seed_is_refused(phantom_with_pool, monkeypatch):
+    monkeypatch.setenv("DINOMIX_SEED", "-1")
+    with pytest.raises(ValueError, match="DINOMIX_SEED"):
+        make_trainer("nnUNetTrainerBudget")

@@ -10,13 +10,22 @@ arguments, so short runs are trainer variants (``nnUNetTrainer_5epochs`` and fri
 and are otherwise identical to their parent, so ``nnUNetTrainerBudget`` is the plain nnU-Net baseline. For recipe
 ablations in benchmarks, ``DINOMIX_TRAINER_SETTINGS`` may hold a JSON object of trainer attributes to override
 (e.g. ``{"unsup_loss": "dice_ce", "burn_in_fraction": 0}``); only attributes the trainer has are accepted.
+
+``DINOMIX_SEED`` (an integer) seeds Python's, NumPy's and torch's generators twice: before the network is built
+and after ``on_train_start`` (before the first batch is drawn). Trainers given the same seed then start from the
+same weights and draw the same labeled batches and augmentations; with one thread on the CPU, a semi-supervised
+trainer's burn-in repeats plain nnU-Net's training step for step. Benchmarks use this to pair runs (common
+random numbers), so that a difference between trainers is not the luck of the initialisation.
 Prediction does not read the variables (the trainer is never instantiated by ``nnUNetv2_predict``).
 """
 from __future__ import annotations
 
 import json
 import os
+import random
+from typing import Optional
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -31,6 +40,22 @@ _ENV = {
 
 
 SETTINGS_ENV = "DINOMIX_TRAINER_SETTINGS"
+SEED_ENV = "DINOMIX_SEED"
+
+
+def seed_from_env() -> Optional[int]:
+    value = os.environ.get(SEED_ENV)
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{SEED_ENV} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def apply_budget_from_env(trainer) -> None:
@@ -60,9 +85,23 @@ def _with_budget(parent: type) -> type:
                  device: torch.device = torch.device("cuda")):
         parent.__init__(self, plans, configuration, fold, dataset_json, device)
         apply_budget_from_env(self)
+        self.budget_seed = seed_from_env()
+        if self.budget_seed is not None:
+            self.print_to_log_file(f"Seed from {SEED_ENV}: {self.budget_seed}")
+
+    def initialize(self):
+        if self.budget_seed is not None and not self.was_initialized:
+            seed_everything(self.budget_seed)  # the same initial weights for every trainer of this seed
+        parent.initialize(self)
+
+    def on_train_start(self):
+        parent.on_train_start(self)
+        if self.budget_seed is not None:
+            seed_everything(self.budget_seed + 1)  # the same batches, whatever the set-up drew before
 
     name = parent.__name__ + "Budget"
-    return type(name, (parent,), {"__init__": __init__, "__module__": __name__, "__qualname__": name,
+    return type(name, (parent,), {"__init__": __init__, "initialize": initialize, "on_train_start": on_train_start,
+                                  "__module__": __name__, "__qualname__": name,
                                   "__doc__": f"{parent.__name__} with the training length from DINOMIX_* variables."})
 
 
