@@ -106,10 +106,12 @@ def test_interrupted_run_resumes_and_half_written_cases_are_never_listed(scratch
     third = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
     assert third.processed == ["case_0101"] and len(third.skipped) == 3
 
-    # a source case that disappears leaves the pool too
+    # a source case that disappears stays in the pool, unless its removal is asked for
     os.remove(os.path.join(scratch["unlabeled"], "case_0102_0000.nii.gz"))
     fourth = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
-    assert fourth.removed == ["case_0102"] and not os.path.exists(os.path.join(scratch["pool"], "case_0102.b2nd"))
+    assert fourth.removed == [] and "case_0102" in _open(scratch).identifiers
+    fifth = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False, remove_missing=True)
+    assert fifth.removed == ["case_0102"] and not os.path.exists(os.path.join(scratch["pool"], "case_0102.b2nd"))
     assert "case_0102" not in _open(scratch).identifiers
 
 
@@ -182,3 +184,82 @@ def test_unknown_dataset_configuration_and_unplanned_dataset(scratch, capsys):
     assert cli_main(["-d", scratch["id"], "-np", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("ERROR:") and "nnUNetv2_plan_and_preprocess" in err and "Traceback" not in err
+
+
+def _pool_files(s):
+    return sorted(os.listdir(s["pool"]))
+
+
+@pytest.mark.parametrize("length", [200, 20000])
+def test_a_truncated_image_is_refused_by_name_and_the_pool_is_left_alone(scratch, tmp_path, length, capsys):
+    preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    before = _pool_files(scratch)
+    src = os.path.join(scratch["unlabeled"], "case_0100_0000.nii.gz")
+    with open(src, "rb") as f:
+        (tmp_path / "h_0000.nii.gz").write_bytes(f.read()[:length])
+    assert cli_main(["-d", scratch["id"], "-i", str(tmp_path), "-np", "1"]) == 1
+    assert "h_0000.nii.gz is truncated" in capsys.readouterr().err
+    assert _pool_files(scratch) == before and len(_open(scratch).identifiers) == 4
+
+
+def test_another_input_folder_adds_cases_and_removal_needs_asking_after_success(scratch, tmp_path):
+    preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    _write_image(str(tmp_path / "extra_0000.nii.gz"))
+    added = preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False)
+    assert added.processed == ["extra"] and added.removed == []
+    assert len(_open(scratch).identifiers) == 5  # the first folder's four cases are still there
+    manifest = load_json(os.path.join(scratch["pre"], "nnUNetPlans_3d_fullres_unlabeled.json"))
+    assert manifest["cases"]["extra"]["folder"] == str(tmp_path)
+
+    # a run that fails removes nothing, even when removal was asked for
+    (tmp_path / "bad_0000.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(DinoMixError, match="bad_0000"):
+        preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False,
+                             remove_missing=True)
+    assert len(_open(scratch).identifiers) == 5
+    os.remove(tmp_path / "bad_0000.nii.gz")
+    kept = preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False,
+                                remove_missing=True)
+    assert len(kept.removed) == 4 and _open(scratch).identifiers == ["extra"]
+
+
+def test_a_pool_in_use_by_a_training_gets_new_cases_but_loses_or_changes_none(scratch, tmp_path):
+    from nnunet_dinomix.unlabeled.pool import IN_USE_FOLDER, acquire_lease, active_leases, release_lease
+    preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    lease = acquire_lease(scratch["pool"])  # as a training does in on_train_start (this process is alive)
+    try:
+        src = os.path.join(scratch["unlabeled"], "case_0101_0000.nii.gz")
+        sitk.WriteImage(sitk.Cast(sitk.ReadImage(src), sitk.sitkInt16) + 5, src)
+        with pytest.raises(DinoMixError, match="(?s)being read by a training.*preprocess 1 of its cases again"):
+            preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+        with pytest.raises(DinoMixError, match="remove 4 of its cases"):
+            _write_image(str(tmp_path / "extra_0000.nii.gz"))
+            preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False,
+                                 remove_missing=True)
+        added = preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False)
+        assert added.processed == ["extra"]
+    finally:
+        release_lease(scratch["pool"])
+    assert not os.path.exists(lease)
+    # a training that died without cleaning up does not block anything
+    dead = os.path.join(scratch["pool"], IN_USE_FOLDER, os.path.basename(lease).rpartition("_")[0] + "_999999999")
+    open(dead, "w").close()
+    assert active_leases(scratch["pool"]) == [] and not os.path.exists(dead)
+    assert preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False).processed == ["case_0101"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_pool_file_is_found_when_the_pool_is_opened_and_redone(scratch, damage):
+    preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    path = os.path.join(scratch["pool"], "case_0103.b2nd")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if damage == "truncate":
+            f.truncate(size // 2)
+        else:
+            f.write(os.urandom(size))
+    with pytest.raises(DinoMixError, match="(?s)case_0103.b2nd.*dinomix_preprocess_unlabeled"):
+        _open(scratch)
+    again = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    assert again.processed == ["case_0103"] and len(again.skipped) == 3
+    assert len(_open(scratch).identifiers) == 4

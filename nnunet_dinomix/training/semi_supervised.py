@@ -32,7 +32,7 @@ from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fileio import replace_atomically
 from nnunet_dinomix.training.progress import SemiSupervisedLocalLogger
 from nnunet_dinomix.training.unlabeled_loader import make_augmenter, nnUNetUnlabeledDataLoader
-from nnunet_dinomix.unlabeled.pool import UnlabeledPool, open_pool
+from nnunet_dinomix.unlabeled.pool import UnlabeledPool, acquire_lease, open_pool, release_lease
 
 CHECKPOINT_KEY = "dinomix"
 STATE_FORMAT = 1
@@ -92,6 +92,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     def on_train_start(self):
         self.open_unlabeled_pool()
+        acquire_lease(self.unlabeled_pool.folder)  # preprocessing may add cases now, not replace or remove them
         super().on_train_start()
         self.print_to_log_file(f"Unlabeled pool: {len(self.unlabeled_pool.identifiers)} cases from "
                                f"{self.unlabeled_pool.folder}")
@@ -121,6 +122,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         if self.dataloader_unlabeled is not None and hasattr(self.dataloader_unlabeled, "_finish"):
             self.dataloader_unlabeled._finish()
         self.dataloader_unlabeled = None
+        if self.unlabeled_pool is not None:
+            release_lease(self.unlabeled_pool.folder)
 
     # ------------------------------------------------------------------ pieces of a train step
     @property

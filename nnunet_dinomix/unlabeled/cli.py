@@ -26,6 +26,10 @@ def main(argv=None) -> int:
                         help=f"worker processes [default: {default_num_processes}, from nnUNet_def_n_proc]")
     parser.add_argument("--allow_spacing_outliers", action="store_true",
                         help="preprocess images whose spacing is far outside the labeled cases' range")
+    parser.add_argument("--remove_missing", action="store_true",
+                        help="remove the pool's cases that are not in the input folder (by default another input "
+                             "folder adds its cases to the pool); done after the new cases are in, and refused "
+                             "while a training reads the pool")
     parser.add_argument("--verbose", action="store_true", help="print details (progress is always shown)")
     args = parser.parse_args(argv)
     if args.input is not None and len(args.d) > 1:
@@ -35,8 +39,10 @@ def main(argv=None) -> int:
     try:
         for d in args.d:
             for c in args.c:
-                r = preprocess_unlabeled(d, c, args.plans, args.input, args.np, args.allow_spacing_outliers)
-                print(f"Done: {len(r.processed)} preprocessed, {len(r.skipped)} already up to date -> {r.pool_folder}")
+                r = preprocess_unlabeled(d, c, args.plans, args.input, args.np, args.allow_spacing_outliers,
+                                         remove_missing=args.remove_missing)
+                print(f"Done: {len(r.processed)} preprocessed, {len(r.skipped)} already up to date"
+                      + (f", {len(r.removed)} removed" if r.removed else "") + f" -> {r.pool_folder}")
     except DinoMixError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

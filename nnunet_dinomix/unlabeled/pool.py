@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timezone
@@ -90,6 +91,78 @@ class UnlabeledPool:
         return nnUNetDatasetBlosc2(self.folder, list(self.identifiers))
 
 
+CASE_FILE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
+
+
+def case_file_sizes(folder: str, identifier: str) -> Dict[str, int]:
+    return {suffix: os.path.getsize(os.path.join(folder, identifier + suffix)) for suffix in CASE_FILE_SUFFIXES}
+
+
+def case_problem(folder: str, identifier: str, entry: dict) -> Optional[str]:
+    """Why a listed case cannot be trained on (missing, resized or unreadable files), or None. Cheap: sizes
+    against the manifest and blosc2's header of each array, not the voxels."""
+    import blosc2
+    for suffix in CASE_FILE_SUFFIXES:
+        path = os.path.join(folder, identifier + suffix)
+        if not os.path.isfile(path):
+            return f"{identifier + suffix} is missing"
+        expected = entry.get("sizes", {}).get(suffix)
+        if expected is not None and os.path.getsize(path) != expected:
+            return f"{identifier + suffix} has {os.path.getsize(path)} bytes, {expected} were written"
+        if suffix.endswith(".b2nd"):
+            try:
+                blosc2.open(urlpath=path, mode="r")
+            except Exception as e:  # blosc2 raises plain RuntimeErrors / ValueErrors for damaged headers
+                return f"{identifier + suffix} is not a readable blosc2 array ({type(e).__name__}: {e})"
+    return None
+
+
+# A training that reads a pool leaves a file here (``{host}_{pid}``) until it ends. Preprocessing may add cases to
+# a pool in use, but it neither replaces nor removes any: that would crash the training (a vanished file) or mix
+# two preprocessings in it.
+IN_USE_FOLDER = ".in_use"
+
+
+def _lease_file(pool_folder: str) -> str:
+    return os.path.join(pool_folder, IN_USE_FOLDER, f"{socket.gethostname()}_{os.getpid()}")
+
+
+def acquire_lease(pool_folder: str) -> str:
+    path = _lease_file(pool_folder)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(datetime.now(timezone.utc).isoformat(timespec="seconds") + "\n")
+    return path
+
+
+def release_lease(pool_folder: str) -> None:
+    try:
+        os.remove(_lease_file(pool_folder))
+    except FileNotFoundError:
+        pass
+
+
+def active_leases(pool_folder: str) -> List[str]:
+    """The trainings reading the pool, as ``host_pid``. A lease of a dead process on this host (a crashed
+    training) is removed; one from another host counts until its owner removes it."""
+    folder = os.path.join(pool_folder, IN_USE_FOLDER)
+    if not os.path.isdir(folder):
+        return []
+    host, live = socket.gethostname(), []
+    for name in sorted(os.listdir(folder)):
+        owner, _, pid = name.rpartition("_")
+        if owner == host and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                os.remove(os.path.join(folder, name))
+                continue
+            except PermissionError:  # alive, another user's
+                pass
+        live.append(name)
+    return live
+
+
 def _preprocess_hint(dataset_name: str, configuration: str, plans_identifier: str) -> str:
     dataset_id = dataset_name[len("Dataset"):len("Dataset") + 3] if dataset_name.startswith("Dataset") else dataset_name
     plans = "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"
@@ -122,4 +195,9 @@ def open_pool(preprocessed_dataset_folder: str, plans: dict, configuration: str,
     identifiers = sorted(k for k in manifest.cases if os.path.isfile(os.path.join(folder, k + ".b2nd")))
     if not identifiers:
         raise DinoMixError(f"The unlabeled pool {folder} has no complete case. Run:\n    {hint}")
+    problems = [p for p in (case_problem(folder, k, manifest.cases[k]) for k in identifiers) if p]
+    if problems:
+        raise DinoMixError(f"{len(problems)} case(s) of the unlabeled pool {folder} are damaged:\n  "
+                           + "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+                           + f"\nPreprocess them again (the intact cases are kept):\n    {hint}")
     return UnlabeledPool(folder, identifiers, manifest)

@@ -6,7 +6,10 @@ resample to the target spacing) and is saved in nnU-Net's blosc2 format with an 
 Nothing of nnU-Net's (plans, fingerprint, splits, preprocessed folders) is modified.
 
 Resumable: a case is written to ``<pool>/.staging/`` first, moved into the pool data file last, and only then
-recorded in the manifest. A re-run skips cases whose source files are unchanged.
+recorded in the manifest. A re-run skips cases whose source files are unchanged. Another input folder adds its
+cases to the pool; removing the cases it lacks takes ``remove_missing`` and happens only after all new cases are
+in. While a training reads the pool (see :data:`pool.IN_USE_FOLDER`), cases may be added but none replaced or
+removed. Files cut short (a truncated ``.nii.gz`` reads as zeros) are refused by name.
 
 Diagnostics only: where a folder ``labelsUnlabeled/`` beside the unlabeled images holds a case's true label (the
 phantom writes them), it is preprocessed with the image, as nnU-Net preprocesses a training label, into the case's
@@ -28,7 +31,9 @@ import numpy as np
 
 from nnunet_dinomix import paths
 from nnunet_dinomix.errors import DinoMixError
-from nnunet_dinomix.unlabeled.pool import Manifest, preprocessing_fingerprint
+from nnunet_dinomix.unlabeled.integrity import check_complete
+from nnunet_dinomix.unlabeled.pool import (CASE_FILE_SUFFIXES, IN_USE_FOLDER, Manifest, active_leases, case_file_sizes,
+                                           case_problem, preprocessing_fingerprint)
 
 STAGING = ".staging"
 # an unlabeled case whose spacing lies beyond [min / f, max * f] of the labeled cases along an axis is refused
@@ -143,6 +148,8 @@ def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, da
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     signature = case.signature()
+    for f in case.files + ((case.truth,) if case.truth else ()):
+        check_complete(f)  # a cut-off .nii.gz reads as an image padded with zeros
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     try:
@@ -177,7 +184,7 @@ def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, da
 
 
 def _remove_case_files(pool_dir: str, identifier: str) -> None:
-    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+    for suffix in CASE_FILE_SUFFIXES:
         p = os.path.join(pool_dir, identifier + suffix)
         if os.path.isfile(p):
             os.remove(p)
@@ -194,8 +201,12 @@ class PreprocessResult:
 
 def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_identifier: str = "nnUNetPlans",
                          input_folder: Optional[str] = None, num_processes: int = 8,
-                         allow_spacing_outliers: bool = False, verbose: bool = True) -> PreprocessResult:
-    """Preprocess the unlabeled images of ``dataset`` (name or ID) into its pool. See the module docstring."""
+                         allow_spacing_outliers: bool = False, verbose: bool = True,
+                         remove_missing: bool = False) -> PreprocessResult:
+    """Preprocess the unlabeled images of ``dataset`` (name or ID) into its pool. See the module docstring.
+
+    Cases of the pool that are not in ``input_folder`` (e.g. from another folder given earlier) are kept unless
+    ``remove_missing``; they are removed only after every new case has been preprocessed."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -235,49 +246,75 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     manifest_path = paths.manifest_file(pre_folder, cm.data_identifier)
     fingerprint = preprocessing_fingerprint(plans, configuration, dataset_json)
     manifest = Manifest.load(manifest_path)
+    by_id = {c.identifier: c for c in cases}
+    rebuild = manifest is not None and manifest.preprocessing_fingerprint != fingerprint
+    known = {} if manifest is None else manifest.cases
+    missing = sorted(set(known) - set(by_id))  # in the pool, not in this input: kept unless asked
+    removed = missing if remove_missing or rebuild else []
+    skipped = [] if rebuild else [
+        c.identifier for c in cases if c.identifier in known and known[c.identifier]["signature"] == c.signature()
+        and case_problem(pool_dir, c.identifier, known[c.identifier]) is None]  # damaged files are redone
+    todo = [c for c in cases if c.identifier not in set(skipped)]
+    replaced = [c.identifier for c in todo if c.identifier in known]
+    users = active_leases(pool_dir) if os.path.isdir(pool_dir) else []
+    if users and (replaced or removed):
+        raise DinoMixError(
+            f"The pool {pool_dir} is being read by a training ({', '.join(users)}; host_pid). This run would "
+            + (f"preprocess {len(replaced)} of its cases again" if replaced else "")
+            + (" and " if replaced and removed else "") + (f"remove {len(removed)} of its cases" if removed else "")
+            + ", which would crash that training or mix two preprocessings in it. Nothing was changed. Run again "
+              f"when the training has ended (new cases alone may be added at any time). If no such training runs, "
+              f"delete {os.path.join(pool_dir, IN_USE_FOLDER)}.")
+
     os.makedirs(pool_dir, exist_ok=True)
     shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)  # leftovers of an interrupted run
     os.makedirs(os.path.join(pool_dir, STAGING))
-
-    by_id = {c.identifier: c for c in cases}
-    removed = sorted(set(manifest.cases) - set(by_id)) if manifest is not None else []
-    for identifier in removed:  # the pool mirrors the input folder
-        _remove_case_files(pool_dir, identifier)
-        del manifest.cases[identifier]
-    if manifest is not None and manifest.preprocessing_fingerprint != fingerprint:
+    if rebuild:
         if verbose:
             print(f"The plans changed since the pool was made ({manifest.preprocessing_fingerprint} -> "
                   f"{fingerprint}): all {len(cases)} cases are preprocessed again.")
+            others = sorted({known[k].get("folder", manifest.source_folder) for k in missing})
+            if others:
+                print(f"{len(missing)} stale case(s) from other input folders leave the pool; add them again with "
+                      + " and ".join(f"-i {f}" for f in others) + ".")
         manifest = None
     if manifest is None:
         manifest = Manifest(dataset=dataset_name, configuration=configuration, plans_identifier=plans_identifier,
                             data_identifier=cm.data_identifier, preprocessing_fingerprint=fingerprint,
                             source_folder="")
     manifest.source_folder = os.path.abspath(input_folder)
-    skipped = [c.identifier for c in cases if c.identifier in manifest.cases
-               and manifest.cases[c.identifier]["signature"] == c.signature()
-               and os.path.isfile(os.path.join(pool_dir, c.identifier + ".b2nd"))]
-    todo = [c for c in cases if c.identifier not in set(skipped)]
     for c in todo:  # whatever happens below, a case being redone is not listed as complete
         manifest.cases.pop(c.identifier, None)
     manifest.save(manifest_path)
     if verbose:
         print(f"{dataset_name} {configuration} ({plans_identifier}): {len(cases)} unlabeled cases in {input_folder}; "
-              f"{len(skipped)} up to date, {len(todo)} to preprocess" +
-              (f", {len(removed)} removed from the pool" if removed else "") + f".\nPool: {pool_dir}")
+              f"{len(skipped)} up to date, {len(todo)} to preprocess.\nPool: {pool_dir}")
+        if missing and not removed:
+            print(f"{len(missing)} case(s) of the pool are not in {input_folder} ({', '.join(missing[:5])}"
+                  f"{', ...' if len(missing) > 5 else ''}); they are kept. Pass --remove_missing to remove them.")
 
     processed: List[str] = []
     jobs = [(c, pool_dir, plans, configuration, dataset_json, bounds) for c in todo]
     try:
         for identifier, signature in _run_jobs(jobs, num_processes, verbose):
-            manifest.cases[identifier] = {"files": [os.path.basename(f) for f in by_id[identifier].files],
-                                          "signature": signature, "truth": by_id[identifier].truth is not None}
+            case = by_id[identifier]
+            manifest.cases[identifier] = {"folder": os.path.dirname(os.path.abspath(case.files[0])),
+                                          "files": [os.path.basename(f) for f in case.files],
+                                          "signature": signature, "truth": case.truth is not None,
+                                          "sizes": case_file_sizes(pool_dir, identifier)}
             manifest.save(manifest_path)
             processed.append(identifier)
     finally:
         shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)
         if len(processed) < len(todo) and verbose:
             print(f"Stopped after {len(processed)} of {len(todo)} cases; those are kept and a re-run continues.")
+    # only once every new case is in: a failed run never leaves the pool smaller than it found it
+    for identifier in removed:
+        manifest.cases.pop(identifier, None)
+        manifest.save(manifest_path)  # out of the manifest first: training never lists a case without files
+        _remove_case_files(pool_dir, identifier)
+    if removed and verbose:
+        print(f"Removed {len(removed)} case(s) that are not in {input_folder}.")
     return PreprocessResult(pool_dir, manifest_path, processed, skipped, removed)
 
 
