@@ -46,7 +46,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"{work} exists; remove it or pass --work")
     os.makedirs(work, exist_ok=True)
     teacher_note = "none"
-    if any(discovery.needs_dinov3(t) for t in args.trainers) and not os.environ.get("DINOMIX_DINOV3_WEIGHTS"):
+    if any(getattr(discovery.trainer_class(t), "use_fkd", False) for t in args.trainers) \
+            and not os.environ.get("DINOMIX_DINOV3_WEIGHTS"):
         # a random teacher measures FKD's cost and shows the pipeline runs; it carries no knowledge
         from nnunet_dinomix.fkd.random_teacher import random_dinov3, write_meta_checkpoint
         os.environ["DINOMIX_DINOV3_WEIGHTS"] = write_meta_checkpoint(random_dinov3(), work)

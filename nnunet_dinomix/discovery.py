@@ -5,10 +5,12 @@ import os
 from typing import List
 
 ENV = "nnUNet_extTrainer"
-TRAINERS = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerDinoMix", "nnUNetTrainerDinoMixNoFKD", "nnUNetTrainerDinoMixNoPIC",
-            "nnUNetTrainerDinoMixUniqueness",
-            "nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixBudget",
-            "nnUNetTrainerDinoMixNoFKDBudget", "nnUNetTrainerDinoMixNoPICBudget")
+
+
+def trainer_names() -> List[str]:
+    """This package's trainers and their Budget twins (from :mod:`nnunet_dinomix.training.registry`)."""
+    from nnunet_dinomix.training.registry import all_trainers
+    return list(all_trainers())
 
 
 def trainer_dir() -> str:
@@ -32,17 +34,25 @@ def register_in_environment() -> None:
         os.environ[ENV] = os.pathsep.join(ext_trainer_dirs() + [trainer_dir()])
 
 
-def needs_dinov3(trainer: str) -> bool:
-    """Whether the trainer of that name distils from DINOv3 (so it cannot start without weights). Looked up the
-    way nnU-Net looks it up, so subclasses defined elsewhere answer for themselves."""
+def trainer_class(trainer: str) -> type:
+    """The trainer class of that name, looked up the way nnU-Net looks it up (so subclasses defined elsewhere
+    answer for themselves)."""
     import contextlib
     import io
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     register_in_environment()
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
-        cls = recursive_find_trainer_class_by_name(trainer)
-    return bool(getattr(cls, "use_fkd", False))
+        return recursive_find_trainer_class_by_name(trainer)
+
+
+def check_dinov3_weights(trainers) -> None:
+    """Before a long run: every trainer that distils from DINOv3 finds its weights (else a DinoMixError)."""
+    from nnunet_dinomix.fkd.teacher import resolve_weights
+    for name in trainers:
+        cls = trainer_class(name)
+        if getattr(cls, "use_fkd", False):
+            resolve_weights(getattr(cls, "dinov3_weights", None))
 
 
 def print_trainer_dir() -> None:

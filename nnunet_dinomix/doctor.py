@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import functools
 import os
 import pickle
 import sys
@@ -47,48 +46,50 @@ def check_paths() -> List[Check]:
 
 
 def check_trainer(name: str, required: bool = True) -> Check:
-    """Discovery, picklability and the trainer's own ``setup_checks``. A trainer the user did not ask for
-    (``required=False``) only warns about what its own checks miss, e.g. DINOv3 weights."""
+    """Discovery, picklability and what the trainer needs (DINOv3 weights that it would load). A trainer the user
+    did not ask for (``required=False``) only warns about what it misses."""
     if not discovery.is_registered():
         return Check(FAIL, f"{name}: nnU-Net cannot find it",
                      f"{discovery.ENV} does not contain {discovery.trainer_dir()}. Run:\n"
                      f"    export {discovery.ENV}=$(dinomix_trainer_dir)")
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
-            cls = recursive_find_trainer_class_by_name(name)
+        cls = discovery.trainer_class(name)
     except Exception as e:  # nnU-Net raises RuntimeError, imports may raise anything
         return Check(FAIL, f"{name}: discovery failed", f"{type(e).__name__}: {e}")
     if not cls.__module__.startswith("nnunet_dinomix."):
-        return Check(FAIL, f"{name}: resolved to {cls.__module__}",
-                     "another trainer of that name shadows this package's; rename or remove it")
+        if name in discovery.trainer_names():
+            return Check(FAIL, f"{name}: resolved to {cls.__module__}",
+                         "another trainer of that name shadows this package's; rename or remove it")
+        return Check(OK, f"{name} -> {cls.__module__} (not a trainer of this package)")
     try:
         pickle.dumps(cls)
     except Exception as e:
         return Check(FAIL, f"{name}: not picklable ({e})",
                      "the ext-trainer folder must hold shims only; reinstall nnunet-dinomix")
-    checks = getattr(cls, "setup_checks", None)
-    extra = [] if checks is None else checks()
-    failed = [c for c in extra if c.status == FAIL]
-    if failed:
-        return Check(FAIL if required else WARN, f"{name}: found, but {failed[0].what}", failed[0].detail)
+    if getattr(cls, "use_fkd", False):
+        weights = check_teacher_weights(cls)
+        if weights.status == FAIL:
+            return Check(FAIL if required else WARN, f"{name}: found, but {weights.what}", weights.detail)
+        return Check(OK, f"{name} -> {cls.__module__}; {weights.what}")
     return Check(OK, f"{name} -> {cls.__module__}")
 
 
-def check_teacher_weights(required: bool = False) -> Check:
-    """The DINOv3 weights named by the environment, read and identified without building the model. Unset is
-    fine unless ``required`` (a trainer that distils from DINOv3 asks)."""
-    from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV, WHERE_TO_GET, infer_arch, read_weights
-    path = os.environ.get(WEIGHTS_ENV)
-    if not path:
-        if required:
-            return Check(FAIL, f"{WEIGHTS_ENV} is not set", WHERE_TO_GET)
-        return Check(OK, f"{WEIGHTS_ENV} not set (only the DINO-Mix/FKD trainers need DINOv3 weights)")
+@functools.lru_cache(maxsize=None)
+def _describe(weights: Optional[str], arch: Optional[str], depth: Optional[int], env: Optional[str]) -> str:
+    from nnunet_dinomix.fkd.teacher import describe_weights
+    return describe_weights(weights, arch, depth)  # env is part of the key only
+
+
+def check_teacher_weights(trainer: type) -> Check:
+    """Load the DINOv3 weights as ``trainer`` would (its ``dinov3_weights`` / ``dinov3_arch`` / ``dinov3_depth``,
+    else the environment): OK only if that load succeeds."""
+    from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
+    weights, arch, depth = (getattr(trainer, k, None) for k in ("dinov3_weights", "dinov3_arch", "dinov3_depth"))
     try:
-        arch, depth, _ = infer_arch(read_weights(path))
+        return Check(OK, "DINOv3 " + _describe(weights, arch, depth, os.environ.get(WEIGHTS_ENV)))
     except DinoMixError as e:
-        return Check(FAIL, f"{WEIGHTS_ENV}={path} is not usable", str(e))
-    return Check(OK, f"{WEIGHTS_ENV}={path}: DINOv3 {arch.key} ({depth} blocks, width {arch.embed_dim})")
+        source = "its dinov3_weights" if weights else WEIGHTS_ENV
+        return Check(FAIL, f"the DINOv3 weights ({source}) are not usable", str(e))
 
 
 def check_dataset(dataset: str, configuration: str, plans_identifier: str) -> List[Check]:
@@ -131,8 +132,7 @@ def run_checks(trainers: Optional[List[str]], dataset: Optional[str], configurat
     if trainers:
         checks += [check_trainer(t) for t in trainers]
     else:
-        checks += [check_trainer(t, required=False) for t in discovery.TRAINERS]
-    checks.append(check_teacher_weights())
+        checks += [check_trainer(t, required=False) for t in discovery.trainer_names()]
     if dataset is not None:
         if any(c.status == FAIL for c in checks if c.what.startswith("nnUNet_")):
             checks.append(Check(FAIL, "dataset checks skipped", "fix the nnU-Net paths first"))

@@ -97,9 +97,7 @@ def main(argv=None) -> int:
         raw_folder = os.path.join(os.environ["nnUNet_raw"], name)
         published = published_setting(raw_folder) if args.published == "auto" else \
             (None if args.published == "none" else args.published)
-        if any(discovery.needs_dinov3(t) for t in args.tr) and not os.environ.get("DINOMIX_DINOV3_WEIGHTS"):
-            from nnunet_dinomix.fkd.teacher import WHERE_TO_GET
-            raise DinoMixError(f"The FKD trainers among {', '.join(args.tr)} need DINOv3 weights. {WHERE_TO_GET}")
+        discovery.check_dinov3_weights(args.tr)
         output = args.o or os.path.join(os.environ["nnUNet_results"], name, "benchmark")
         commands = plan(args.d, args.c, args.f, args.tr, output, args.device, published, args.force_plan)
     except (DinoMixError, RuntimeError, KeyError) as e:

@@ -113,13 +113,14 @@ def parameters_of(module):
 
 @pytest.fixture(scope="session")
 def dinov3_meta_file():
-    """A randomly initialised DINOv3 ViT-S/16 (1 block, to keep CPU tests fast) saved as Meta's released .pth."""
+    """A randomly initialised DINOv3 ViT-S/16 (all 12 blocks: a shallower file is refused as damaged) saved as
+    Meta's released .pth."""
     import pathlib
 
     from nnunet_dinomix.fkd.random_teacher import random_dinov3, write_meta_checkpoint
     folder = pathlib.Path(_SESSION_ROOT) / "dinov3"
     folder.mkdir(exist_ok=True)
-    return write_meta_checkpoint(random_dinov3(depth=1), folder)
+    return write_meta_checkpoint(random_dinov3(), folder)
 
 
 _scratch_ids = itertools.count(900)

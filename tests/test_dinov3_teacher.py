@@ -35,7 +35,7 @@ def no_network(monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["meta", "timm", "hf"])
 def test_each_format_reproduces_the_reference_tokens(reference, files, fmt, no_network):
-    model = build_dinov3(files[fmt], arch="vits16")
+    model = build_dinov3(files[fmt], arch="vits16", depth=DEPTH)  # shallow on purpose, to keep the test fast
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
@@ -58,19 +58,26 @@ def test_wrong_size_truncated_or_missing_weights_fail_clearly(files, tmp_path):
     with pytest.raises(DinoMixError, match="holds a DINOv3 vitb16.*vits16 was requested"):
         build_dinov3(str(base_file), arch="vits16")
 
+    # a block short of the published depth: refused unless that depth is named on purpose
+    with pytest.raises(DinoMixError, match=f"holds {DEPTH} transformer blocks.*vits16 has 12.*dinov3_depth = {DEPTH}"):
+        build_dinov3(files["meta"])
+    with pytest.raises(DinoMixError, match=f"dinov3_depth asks for {DEPTH + 1}"):
+        build_dinov3(files["meta"], depth=DEPTH + 1)
+
     truncated = torch.load(files["meta"], weights_only=True)
     del truncated["blocks.1.mlp.fc2.weight"]
     cut = tmp_path / "cut.pth"
     torch.save(truncated, cut)
     with pytest.raises(DinoMixError, match="do not fit timm's vit_small_patch16_dinov3"):
-        build_dinov3(str(cut))
+        build_dinov3(str(cut), depth=DEPTH)
 
     with pytest.raises(DinoMixError, match="not found at .*licence-gated"):
         build_dinov3(str(tmp_path / "absent.pth"))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(DinoMixError, match="Could not read"):
+    with pytest.raises(DinoMixError, match="Could not read") as refused:
         build_dinov3(str(garbage))
+    assert "weights_only=False" not in str(refused.value)  # torch's advice is not for a file of unknown origin
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     with pytest.raises(DinoMixError, match="lacks config.json and model.safetensors"):
@@ -79,14 +86,27 @@ def test_wrong_size_truncated_or_missing_weights_fail_clearly(files, tmp_path):
         build_dinov3(files["timm"], arch="vit_giant")
 
 
-def test_doctor_identifies_or_rejects_the_configured_weights(files, tmp_path, monkeypatch):
+def test_doctor_calls_weights_ok_only_if_the_trainer_would_load_them(files, tmp_path, monkeypatch):
     from nnunet_dinomix.doctor import FAIL, OK, check_teacher_weights
     from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
+    from nnunet_dinomix.training.dinomix import nnUNetTrainerDinoMix
+
+    class Pruned(nnUNetTrainerDinoMix):  # names its depth on purpose
+        dinov3_depth = DEPTH
+
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    assert check_teacher_weights().status == OK
+    check = check_teacher_weights(Pruned)
+    assert check.status == FAIL and "is not set" in check.detail
     monkeypatch.setenv(WEIGHTS_ENV, files["hf"])
-    check = check_teacher_weights()
-    assert check.status == OK and "vits16 (2 blocks, width 384)" in check.what
+    check = check_teacher_weights(Pruned)
+    assert check.status == OK and f"{DEPTH} blocks, width 384" in check.what
+    check = check_teacher_weights(nnUNetTrainerDinoMix)  # the same file is short of a published ViT-S
+    assert check.status == FAIL and "vits16 has 12" in check.detail
+
+    class OwnFile(Pruned):
+        dinov3_weights = files["meta"]
+
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "missing.pth"))
-    check = check_teacher_weights()
+    assert check_teacher_weights(OwnFile).status == OK  # the trainer's own attribute wins over the environment
+    check = check_teacher_weights(Pruned)
     assert check.status == FAIL and "licence-gated" in check.detail

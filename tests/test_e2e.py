@@ -87,7 +87,7 @@ def test_dinomix_train_resume_predict_without_weights_and_show_pic(phantom_datas
     weights = {"DINOMIX_DINOV3_WEIGHTS": dinov3_meta_file}
     doctor = run_cli("dinomix_doctor", "-d", ds, "-p", TINY_PLANS, "-tr", "nnUNetTrainerDinoMix",
                      env_extra=weights)
-    assert "0 failed" in doctor.stdout and "vits16 (1 blocks" in doctor.stdout
+    assert "0 failed" in doctor.stdout and "12 blocks, width 384" in doctor.stdout
     no_weights = run_cli("dinomix_doctor", "-tr", "nnUNetTrainerDinoMix", check=False,
                          env_extra={"DINOMIX_DINOV3_WEIGHTS": ""})
     assert no_weights.returncode == 1 and "licence-gated" in no_weights.stdout

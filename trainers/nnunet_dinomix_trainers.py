@@ -1,7 +1,5 @@
-# nnU-Net external-trainer shim: the classes live in the installed nnunet_dinomix package.
-from nnunet_dinomix.training.budget import (nnUNetTrainerBudget, nnUNetTrainerDinoMixBudget,  # noqa: F401
-                                            nnUNetTrainerDinoMixNoFKDBudget, nnUNetTrainerDinoMixNoPICBudget,
-                                            nnUNetTrainerMeanTeacherBudget)
-from nnunet_dinomix.training.dinomix import (nnUNetTrainerDinoMix, nnUNetTrainerDinoMixNoFKD,  # noqa: F401
-                                             nnUNetTrainerDinoMixNoPIC, nnUNetTrainerDinoMixUniqueness)
-from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: F401
+# nnU-Net external-trainer shim: the classes live in the installed nnunet_dinomix package, listed once in
+# nnunet_dinomix.training.registry; nnU-Net's finder looks them up as attributes of this module.
+from nnunet_dinomix.training.registry import all_trainers
+
+globals().update(all_trainers())

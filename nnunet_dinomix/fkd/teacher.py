@@ -10,7 +10,12 @@ same weights). Weights come only from a path the user gives; nothing is download
 * a timm checkpoint (``.safetensors``, or ``.pth``/``.bin`` with timm key names).
 
 The size (S/16, S+/16, B/16, L/16, H+/16, 7B/16) is read from the tensors: embedding width, depth, and whether
-the MLP is SwiGLU. The weights are licence-gated by Meta; this package never ships or fetches them.
+the MLP is SwiGLU. The depth must be the published one: a file with a block missing is refused unless the depth
+is named on purpose. The weights are licence-gated by Meta; this package never ships or fetches them.
+
+This module is the one owner of the weights rule: :func:`resolve_weights` finds them (a trainer's
+``dinov3_weights`` or ``$DINOMIX_DINOV3_WEIGHTS``), :func:`build_dinov3` loads them, :func:`describe_weights`
+loads them as a trainer would and says what they are (the doctor's check).
 """
 from __future__ import annotations
 
@@ -59,8 +64,11 @@ def _load_tensors(path: str) -> Dict[str, torch.Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise DinoMixError(f"Could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {e}). Expected "
-                           f"Meta's DINOv3 .pth, a timm checkpoint or a Hugging Face folder. {WHERE_TO_GET}") from e
+        # torch's own message for a refused unpickle advises weights_only=False: not for a file of unknown origin
+        reason = ("torch.load with weights_only=True cannot read it: not a PyTorch checkpoint, or one holding "
+                  "Python objects besides tensors") if "weights_only" in str(e) else f"{type(e).__name__}: {e}"
+        raise DinoMixError(f"Could not read {path} as a PyTorch checkpoint ({reason}). Expected Meta's DINOv3 .pth, a "
+                           f"timm checkpoint or a Hugging Face folder. {WHERE_TO_GET}") from e
     for wrapper in ("model", "state_dict", "module"):  # training checkpoints wrap the weights
         if isinstance(content, dict) and isinstance(content.get(wrapper), dict):
             content = content[wrapper]
@@ -160,18 +168,28 @@ def infer_arch(tensors: Dict[str, torch.Tensor]) -> tuple:
     return arch, depth, qkv_bias
 
 
-def build_dinov3(path: str, arch: Optional[str] = None) -> nn.Module:
-    """A timm DINOv3 ViT with the weights at ``path``, strictly loaded, frozen and in eval mode."""
+def build_dinov3(path: str, arch: Optional[str] = None, depth: Optional[int] = None) -> nn.Module:
+    """A timm DINOv3 ViT with the weights at ``path``, strictly loaded, frozen and in eval mode.
+
+    ``arch`` insists on a size; ``depth`` accepts a file with another number of blocks than its size was published
+    with (a pruned model, on purpose). Without it, such a file is refused: it is most likely damaged."""
     import timm
 
     tensors = read_weights(path)
-    found, depth, qkv_bias = infer_arch(tensors)
+    found, found_depth, qkv_bias = infer_arch(tensors)
     if arch is not None:
         if arch not in ARCHS:
             raise DinoMixError(f"Unknown DINOv3 architecture '{arch}'; choose one of {', '.join(ARCHS)}.")
         if ARCHS[arch] != found:
-            raise DinoMixError(f"{path} holds a DINOv3 {found.key} (width {found.embed_dim}, depth {depth}), but "
-                               f"{arch} was requested. Use the matching weights or setting.")
+            raise DinoMixError(f"{path} holds a DINOv3 {found.key} (width {found.embed_dim}, depth {found_depth}), "
+                               f"but {arch} was requested. Use the matching weights or setting.")
+    if found_depth != (found.depth if depth is None else depth):
+        raise DinoMixError(
+            f"{path} holds {found_depth} transformer blocks of width {found.embed_dim}; DINOv3 {found.key} has "
+            + (f"{found.depth}. The file is probably truncated or modified; use the file as published. If its depth "
+               f"was changed on purpose, set the trainer's dinov3_depth = {found_depth}."
+               if depth is None else f"{found.depth} and dinov3_depth asks for {depth}."))
+    depth = found_depth
     name = found.timm_name + ("_qkvb" if qkv_bias else "")
     overrides = {} if depth == found.depth else {"depth": depth}
     try:
@@ -186,8 +204,21 @@ def build_dinov3(path: str, arch: Optional[str] = None) -> nn.Module:
     return model
 
 
-def weights_path_from_env() -> str:
-    path = os.environ.get(WEIGHTS_ENV)
+def resolve_weights(weights: Optional[str] = None) -> str:
+    """The DINOv3 weights to load: ``weights`` (a trainer's ``dinov3_weights``) or ``$DINOMIX_DINOV3_WEIGHTS``;
+    a :class:`DinoMixError` that says how to provide them if neither names an existing path."""
+    path = weights or os.environ.get(WEIGHTS_ENV)
     if not path:
         raise DinoMixError(f"{WEIGHTS_ENV} is not set. {WHERE_TO_GET}")
+    if not os.path.exists(path):
+        source = "the trainer's dinov3_weights" if weights else WEIGHTS_ENV
+        raise DinoMixError(f"DINOv3 weights not found at {path} (from {source}). {WHERE_TO_GET}")
     return path
+
+
+def describe_weights(weights: Optional[str] = None, arch: Optional[str] = None, depth: Optional[int] = None) -> str:
+    """Resolve and load the weights exactly as a trainer would; a one-line description, or the trainer's error."""
+    path = resolve_weights(weights)
+    model = build_dinov3(path, arch, depth)
+    n = sum(p.numel() for p in model.parameters())
+    return f"{path}: DINOv3 ViT, {len(model.blocks)} blocks, width {model.embed_dim}, {n / 1e6:.1f}M parameters"

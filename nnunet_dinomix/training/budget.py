@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_dinomix.training.dinomix import nnUNetTrainerDinoMix, nnUNetTrainerDinoMixNoFKD, nnUNetTrainerDinoMixNoPIC
-from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_dinomix.training.registry import TRAINERS
 
 _ENV = {
     "num_epochs": "DINOMIX_NUM_EPOCHS",
@@ -105,8 +104,10 @@ def _with_budget(parent: type) -> type:
                                   "__doc__": f"{parent.__name__} with the training length from DINOMIX_* variables."})
 
 
-nnUNetTrainerBudget = _with_budget(nnUNetTrainer)
-nnUNetTrainerMeanTeacherBudget = _with_budget(nnUNetTrainerMeanTeacher)
-nnUNetTrainerDinoMixBudget = _with_budget(nnUNetTrainerDinoMix)
-nnUNetTrainerDinoMixNoFKDBudget = _with_budget(nnUNetTrainerDinoMixNoFKD)
-nnUNetTrainerDinoMixNoPICBudget = _with_budget(nnUNetTrainerDinoMixNoPIC)
+# Defined in this module's namespace under their own names (for pickling and nnU-Net's finder): plain nnU-Net's
+# nnUNetTrainerBudget, then one twin per trainer of the registry, e.g. nnUNetTrainerMeanTeacherBudget.
+BUDGET_TRAINERS: Dict[str, type] = {}
+for _parent in (nnUNetTrainer,) + TRAINERS:
+    _twin = _with_budget(_parent)
+    BUDGET_TRAINERS[_twin.__name__] = globals()[_twin.__name__] = _twin
+del _parent, _twin

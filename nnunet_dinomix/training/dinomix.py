@@ -18,7 +18,6 @@ exactly ``nnUNetTrainerMeanTeacher``.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -35,15 +34,17 @@ from nnunet_dinomix.training.semi_supervised import as_list
 
 class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
     use_pic: bool = True
-    use_fkd: bool = True
+    use_fkd: bool = True  # distils from DINOv3, so cannot start without its weights (the doctor reads this)
+    # which DINOv3 [class attributes, so that dinomix_doctor checks what this trainer would load]
+    dinov3_weights: Optional[str] = None  # None: $DINOMIX_DINOV3_WEIGHTS
+    dinov3_arch: Optional[str] = None  # e.g. 'vits16' to insist on a size; None: whatever the file holds
+    dinov3_depth: Optional[int] = None  # blocks, if the file's depth was changed on purpose; None: as published
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         # FKD [ours unless docs/method.md says otherwise]
         self.lambda_fkd = 1.0
-        self.dinov3_weights: Optional[str] = None  # None: $DINOMIX_DINOV3_WEIGHTS
-        self.dinov3_arch: Optional[str] = None  # e.g. 'vits16' to insist on a size; None: whatever the file holds
         self.fkd_stage: Optional[int] = None  # encoder stage; None: deepest with in-plane stride <= 16
         self.fkd_teacher_scale = 1.0  # teacher input = scale x slice size, rounded to a multiple of 16
         self.fkd_chunk = 512  # slices per teacher forward (bounds memory; fewer, larger forwards keep the GPU busy)
@@ -90,21 +91,12 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
     # ------------------------------------------------------------------ set-up
     def teacher_weights_path(self) -> str:
         """The DINOv3 weights to load, or a :class:`DinoMixError` that says how to provide them."""
-        from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV, WHERE_TO_GET, weights_path_from_env
-        path = self.dinov3_weights or weights_path_from_env()
-        if not os.path.exists(path):
-            raise DinoMixError(f"{self.__class__.__name__} needs DINOv3 weights, but {path} (from "
-                               f"{'dinov3_weights' if self.dinov3_weights else WEIGHTS_ENV}) does not exist. "
-                               f"{WHERE_TO_GET} To train without FKD use nnUNetTrainerDinoMixNoFKD.")
-        return path
-
-    @classmethod
-    def setup_checks(cls) -> list:
-        """Used by dinomix_doctor: FKD trainers need readable DINOv3 weights."""
-        from nnunet_dinomix.doctor import Check, OK, check_teacher_weights
-        if not cls.use_fkd:
-            return [Check(OK, "needs no DINOv3 weights")]
-        return [check_teacher_weights(required=True)]
+        from nnunet_dinomix.fkd.teacher import resolve_weights
+        try:
+            return resolve_weights(self.dinov3_weights)
+        except DinoMixError as e:
+            raise DinoMixError(f"{self.__class__.__name__} needs DINOv3 weights. {e} To train without FKD use "
+                               f"nnUNetTrainerDinoMixNoFKD.") from e
 
     def on_train_start(self):
         if self.use_fkd:
@@ -122,7 +114,7 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
     def build_distiller(self) -> FKDistiller:
         from nnunet_dinomix.fkd.teacher import build_dinov3
         path = self.teacher_weights_path()
-        teacher = build_dinov3(path, self.dinov3_arch)
+        teacher = build_dinov3(path, self.dinov3_arch, self.dinov3_depth)
         encoder = self.student.encoder
         spacing = self.configuration_manager.spacing
         slice_axis = int(np.argmax(spacing)) if len(spacing) == 3 else 0  # through-plane = the coarsest axis
