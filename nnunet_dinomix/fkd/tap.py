@@ -9,7 +9,10 @@ import torch
 class FeatureTap:
     """Keeps the output of one module of the student from its latest forward (a forward hook). The network is
     still called through its wrappers, so DDP's gradient synchronisation and torch.compile are not bypassed as
-    they would be by calling the encoder directly (neither combination has been run yet)."""
+    they would be by calling the encoder directly.
+
+    Under torch.compile the hook must exist before the compiled module's first call: one added later is not in
+    the traced graph and never fires (:meth:`pop` then raises). tests/test_compile.py checks both orders."""
 
     def __init__(self, module: torch.nn.Module):
         self.features: Optional[torch.Tensor] = None

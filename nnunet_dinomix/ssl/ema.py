@@ -13,13 +13,22 @@ def ema_decay(step: int, max_decay: float) -> float:
     return min(1.0 - 1.0 / (step + 1), max_decay)
 
 
+_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
 def make_ema_teacher(student: nn.Module) -> nn.Module:
     """A frozen copy of ``student`` in eval mode. It never receives gradients. Hooks attached to the student
     (feature taps) are not copied: the teacher is a plain network."""
-    teacher = copy.deepcopy(student)
-    for module in teacher.modules():
-        module._forward_hooks.clear()
-        module._forward_pre_hooks.clear()
+    # the hook tables are replaced by empty ones in the copy, not copied and cleared: a tap may hold the autograd
+    # output of the student's latest forward, which cannot be deep-copied
+    memo = {}
+    for module in student.modules():
+        for name in _HOOK_TABLES:
+            table = getattr(module, name, None)
+            if table is not None:
+                memo[id(table)] = type(table)()
+    teacher = copy.deepcopy(student, memo)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -102,13 +102,16 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
         if self.use_fkd:
             self.teacher_weights_path()  # fail before anything is built or written
         super().on_train_start()
-        self.attach_feature_tap()
 
     def configure_optimizers(self):
+        """nnU-Net calls this inside ``initialize()``, after ``torch.compile`` and before the DDP wrapper and before
+        any forward: the one place where the feature tap is sure to be in the graph dynamo traces (a hook added
+        after a compiled module's first call never fires). The EMA teacher, copied later, drops the hook."""
         optimizer, scheduler = super().configure_optimizers()
         if self.use_fkd:
             self.distiller = self.build_distiller()
             optimizer.add_param_group({"params": list(self.distiller.head.parameters())})
+            self.attach_feature_tap()
         return optimizer, scheduler
 
     def build_distiller(self) -> FKDistiller:
@@ -136,7 +139,7 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
         return distiller
 
     def attach_feature_tap(self) -> None:
-        """Tap the student's encoder stage for FKD. Attached after the EMA teacher is copied from the student."""
+        """Tap the student's encoder stage for FKD (see :meth:`configure_optimizers` for when)."""
         if self.distiller is not None and self._feature_tap is None:
             self._feature_tap = FeatureTap(self.student.encoder.stages[self.fkd_stage])
 
