@@ -27,8 +27,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Dict, List, Optional
 
@@ -51,6 +52,35 @@ class Run:
     settings: Optional[str]
     dataset: int
     seed: int
+    # shared burn-in: the reference keeps a snapshot at this epoch; a run with `start_from` starts from it
+    snapshot_epoch: Optional[int] = None
+    start_from: Optional["Run"] = None
+    done: threading.Event = field(default_factory=threading.Event)
+    started_at: float = 0.0
+
+
+def fold_folder(results: str, trainer: str) -> str:
+    from nnunet_dinomix import demo
+    from nnunet_dinomix.phantom.dataset import dataset_folder_name
+    return os.path.join(results, dataset_folder_name(DATASET, demo.DATASET_NAME),
+                        f"{trainer}__{demo.PLANS}__{demo.CONFIGURATION}", "fold_all")
+
+
+def results_folder(work: str, run: Run) -> str:
+    return os.path.join(work, "results", run.label.replace(" ", "_").replace("(", "").replace(")", ""))
+
+
+def wait_for_snapshot(run: Run, work: str) -> str:
+    """The reference's snapshot at the end of the shared burn-in (waits while the reference trains)."""
+    ref = run.start_from
+    path = os.path.join(fold_folder(results_folder(work, ref), ref.trainer),
+                        f"checkpoint_epoch_{ref.snapshot_epoch}.pth")
+    while not os.path.isfile(path):
+        if ref.done.is_set():
+            raise RuntimeError(f"{ref.label} ended without the snapshot {path}")
+        time.sleep(10)
+    time.sleep(5)  # let torch.save finish the file
+    return path
 
 
 def parse_trainer(spec: str) -> tuple:
@@ -98,9 +128,16 @@ def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, s
 
 
 def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int) -> dict:
+    try:
+        return _train_and_score(run, work, env, epochs, iterations, threads)
+    finally:
+        run.done.set()
+
+
+def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int) -> dict:
     from nnunet_dinomix import demo
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
-    results = os.path.join(work, "results", run.label.replace(" ", "_").replace("(", "").replace(")", ""))
+    results = results_folder(work, run)
     logs = os.path.join(work, "logs")
     os.makedirs(logs, exist_ok=True)
     run_env = dict(env, nnUNet_results=results, nnUNet_n_proc_DA="0", DINOMIX_NUM_EPOCHS=str(epochs),
@@ -108,16 +145,27 @@ def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, itera
                    OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
                    # common random numbers: every trainer of a seed starts from the same weights and batches
                    DINOMIX_SEED=str(run.seed))
-    if run.settings:
-        run_env["DINOMIX_TRAINER_SETTINGS"] = run.settings
+    settings = json.loads(run.settings) if run.settings else {}
+    if run.snapshot_epoch is not None:
+        settings["snapshot_epochs"] = [run.snapshot_epoch]
+    if settings:
+        run_env["DINOMIX_TRAINER_SETTINGS"] = json.dumps(settings)
     else:
         run_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     tag = run.label.replace(" ", "_").replace("(", "").replace(")", "")
-    start = time.time()
+    resume = []
+    if run.start_from is not None:  # the burn-in is the reference's: start from its snapshot, with nnU-Net's --c
+        snapshot = wait_for_snapshot(run, work)
+        os.makedirs(fold_folder(results, run.trainer), exist_ok=True)
+        shutil.copy2(snapshot, os.path.join(fold_folder(results, run.trainer), "checkpoint_latest.pth"))
+        resume = ["--c"]
+    start = run.started_at = time.time()
     demo.run([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
-              "all", "-tr", run.trainer, "-p", demo.PLANS, "-device", "cpu"], run_env,
+              "all", "-tr", run.trainer, "-p", demo.PLANS, "-device", "cpu"] + resume, run_env,
              os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start
+    if run.start_from is not None:  # the wall-clock of the burn-in it shares counts too
+        train_s += os.path.getmtime(snapshot) - run.start_from.started_at
     raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET, demo.DATASET_NAME))
     prediction = os.path.join(work, "predictions", tag)
     demo.run([demo._bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
@@ -217,6 +265,10 @@ def main(argv=None) -> int:
                    help=f"trainers run on the first seed only (diagnostic recipes; '{UPPER}' for the bound)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (cores are shared among them)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    p.add_argument("--shared-burn-in", action="store_true",
+                   help="the semi-supervised runs start from the reference's checkpoint at half the steps (their "
+                        "burn-in, which with DINOMIX_SEED is the reference's first half anyway) instead of "
+                        "repeating it; their burn_in_fraction must stay 0.5")
     p.add_argument("--name", default="ssl_quality_cpu")
     p.add_argument("--work", default=None, help="work folder [default: benchmarks/work/NAME]")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
@@ -234,18 +286,26 @@ def main(argv=None) -> int:
     config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
     specs = [parse_trainer(t) for t in args.trainers]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    epochs = args.steps // args.iterations
+    if args.shared_burn_in and epochs % 2:
+        p.error("--shared-burn-in needs an even number of epochs (--steps / --iterations)")
     start = time.time()
     envs, runs = {}, []
     for seed in args.seeds:
         seed_work = os.path.join(work, f"seed_{seed}")
         print(f"seed {seed}: preparing the phantom, plans and pool", flush=True)
         envs[seed] = prepare_seed(seed_work, seed, args.upper_bound, config)
-        runs += [Run(label, trainer, settings, DATASET, seed) for label, trainer, settings in specs
-                 if seed == args.seeds[0] or label not in args.first_seed_only]
+        seed_runs = [Run(label, trainer, settings, DATASET, seed) for label, trainer, settings in specs
+                     if seed == args.seeds[0] or label not in args.first_seed_only]
+        if args.shared_burn_in:
+            seed_runs[0].snapshot_epoch = epochs // 2
+            for r in seed_runs[1:]:
+                r.start_from = seed_runs[0]
+        runs += seed_runs
         if args.upper_bound and (seed == args.seeds[0] or UPPER not in args.first_seed_only):
             runs.append(Run(UPPER, "nnUNetTrainerBudget", None, FULL_DATASET, seed))
-    epochs = args.steps // args.iterations
     records = []
+    runs.sort(key=lambda r: r.start_from is not None)  # references first: a waiting run never blocks its own
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(train_and_score, r, os.path.join(work, f"seed_{r.seed}"), envs[r.seed], epochs,
                                args.iterations, threads): r for r in runs}
@@ -288,7 +348,10 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
               f"plans nnUNetPlansTinyCPU; fold 'all'",
               f"- training: {args.steps} optimizer steps for every run ({epochs} epochs x {args.iterations}), burn-in "
               f"counted; nnUNet_n_proc_DA=0; the runs of one seed share DINOMIX_SEED (the same initial weights and "
-              f"labeled batches, so a semi-supervised trainer's burn-in repeats the reference's first steps)",
+              f"labeled batches, so a semi-supervised trainer's burn-in repeats the reference's first steps)"
+              + ("; shared burn-in: the other runs start from the reference's checkpoint at half the steps "
+                 "(nnU-Net's --c), and their wall-clock includes the reference's time to that point"
+                 if args.shared_burn_in else ""),
               "- evaluation: nnUNetv2_predict --disable_tta on the 6 test cases, nnUNetv2_evaluate_folder",
               "- trainers: " + "; ".join(f"{l} = {t}" + (f" with {s}" if s else "") for l, t, s in specs),
               f"- total wall-clock: {(time.time() - start) / 60:.0f} min" if not args.report_only else

@@ -83,6 +83,9 @@ def _with_budget(parent: type) -> type:
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         parent.__init__(self, plans, configuration, fold, dataset_json, device)
+        # epochs after which a copy of the checkpoint is kept as checkpoint_epoch_<E>.pth (benchmarks start
+        # semi-supervised runs from the reference's snapshot instead of repeating its burn-in)
+        self.snapshot_epochs: tuple = ()
         apply_budget_from_env(self)
         self.budget_seed = seed_from_env()
         if self.budget_seed is not None:
@@ -98,8 +101,22 @@ def _with_budget(parent: type) -> type:
         if self.budget_seed is not None:
             seed_everything(self.budget_seed + 1)  # the same batches, whatever the set-up drew before
 
+    def on_epoch_end(self):
+        finished = self.current_epoch + 1
+        parent.on_epoch_end(self)
+        if finished in self.snapshot_epochs and self.local_rank == 0:
+            # nnU-Net's save_checkpoint records current_epoch + 1, and on_epoch_end has already counted this
+            # epoch: step back one so that --c from the snapshot resumes at epoch `finished`, as from its own
+            # checkpoint_latest.pth
+            self.current_epoch -= 1
+            try:
+                self.save_checkpoint(os.path.join(self.output_folder, f"checkpoint_epoch_{finished}.pth"))
+            finally:
+                self.current_epoch += 1
+
     name = parent.__name__ + "Budget"
     return type(name, (parent,), {"__init__": __init__, "initialize": initialize, "on_train_start": on_train_start,
+                                  "on_epoch_end": on_epoch_end,
                                   "__module__": __name__, "__qualname__": name,
                                   "__doc__": f"{parent.__name__} with the training length from DINOMIX_* variables."})
 
