@@ -51,10 +51,12 @@ def seed_from_env() -> Optional[int]:
     return int(value)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, stream: int = 0) -> None:
+    """Seed Python's, NumPy's and torch's global generators from ``(seed, stream)`` (stream: e.g. the DDP rank)."""
+    value = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]) if stream else seed
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
 
 
 def apply_budget_from_env(trainer) -> None:
@@ -98,8 +100,8 @@ def _with_budget(parent: type) -> type:
 
     def on_train_start(self):
         parent.on_train_start(self)
-        if self.budget_seed is not None:
-            seed_everything(self.budget_seed + 1)  # the same batches, whatever the set-up drew before
+        if self.budget_seed is not None:  # the same batches, whatever the set-up drew before; per DDP rank its own
+            seed_everything(self.budget_seed + 1, stream=self.local_rank)
 
     def on_epoch_end(self):
         finished = self.current_epoch + 1

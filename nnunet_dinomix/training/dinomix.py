@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fkd.distiller import FKDistiller, default_student_stage, intensity_to_unit
@@ -29,7 +30,7 @@ from nnunet_dinomix.fkd.tap import FeatureTap
 from nnunet_dinomix.pic.cutmix import MixBatch
 from nnunet_dinomix.pic.mixer import PICMixer, PICSettings
 from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunet_dinomix.training.semi_supervised import as_list
+from nnunet_dinomix.training.semi_supervised import as_list, unwrap
 
 
 class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
@@ -112,6 +113,9 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
             self.distiller = self.build_distiller()
             optimizer.add_param_group({"params": list(self.distiller.head.parameters())})
             self.attach_feature_tap()
+            if self.is_ddp:  # the head trains beside the network: the same start on every rank, averaged gradients
+                self.distiller.head = DDP(self.distiller.head,
+                                          device_ids=[self.local_rank] if self.device.type == "cuda" else None)
         return optimizer, scheduler
 
     def build_distiller(self) -> FKDistiller:
@@ -152,13 +156,13 @@ class nnUNetTrainerDinoMix(nnUNetTrainerMeanTeacher):
     # ------------------------------------------------------------------ checkpointing
     def training_state(self) -> dict:
         state = super().training_state()
-        state["fkd_head"] = self.distiller.head.state_dict() if self.distiller is not None else None
+        state["fkd_head"] = unwrap(self.distiller.head).state_dict() if self.distiller is not None else None
         return state
 
     def load_training_state(self, state: Optional[dict]) -> None:
         super().load_training_state(state)
         if state is not None and self.distiller is not None and state.get("fkd_head") is not None:
-            self.distiller.head.load_state_dict(state["fkd_head"])
+            unwrap(self.distiller.head).load_state_dict(state["fkd_head"])
 
 
 class nnUNetTrainerDinoMixNoFKD(nnUNetTrainerDinoMix):
