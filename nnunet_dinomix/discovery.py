@@ -48,11 +48,15 @@ def trainer_class(trainer: str) -> type:
 
 def check_dinov3_weights(trainers) -> None:
     """Before a long run: every trainer that distils from DINOv3 finds its weights (else a DinoMixError)."""
+    from nnunet_dinomix.errors import DinoMixError
     from nnunet_dinomix.fkd.teacher import resolve_weights
     for name in trainers:
         cls = trainer_class(name)
         if getattr(cls, "use_fkd", False):
-            resolve_weights(getattr(cls, "dinov3_weights", None))
+            try:
+                resolve_weights(getattr(cls, "dinov3_weights", None))
+            except DinoMixError as e:
+                raise DinoMixError(f"{name} distils from DINOv3 and would need DINOv3 weights. {e}") from e
 
 
 def print_trainer_dir() -> None:

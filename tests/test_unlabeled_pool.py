@@ -170,6 +170,19 @@ def test_spacing_outliers_and_2d_images_are_refused_unless_allowed(scratch, tmp_
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 48), np.int16)), str(flat / "slice_0000.nii.gz"))
     with pytest.raises(DinoMixError, match="slice"):
         preprocess_unlabeled(scratch["id"], input_folder=str(flat), num_processes=1, verbose=False)
+    # allowing spacing outliers does not let a 2D image through as a stack of hundreds of copied slices
+    with pytest.raises(DinoMixError, match="slice.*a 2D image in a 3D dataset"):
+        preprocess_unlabeled(scratch["id"], input_folder=str(flat), num_processes=1, verbose=False,
+                             allow_spacing_outliers=True)
+
+
+def test_a_vector_image_is_refused_as_such_not_as_a_channel_count(scratch, tmp_path):
+    vector = sitk.GetImageFromArray(np.zeros((24, 48, 48, 2), np.float32), isVector=True)
+    vector.SetSpacing((2.0, 2.0, 3.0))
+    sitk.WriteImage(vector, str(tmp_path / "vec_0000.nii.gz"))
+    with pytest.raises(DinoMixError, match="vec_0000.nii.gz has 2 components per voxel") as refused:
+        preprocess_unlabeled(scratch["id"], input_folder=str(tmp_path), num_processes=1, verbose=False)
+    assert "channels" not in str(refused.value).split("components")[0]
 
 
 def test_unknown_dataset_configuration_and_unplanned_dataset(scratch, capsys):
@@ -263,3 +276,22 @@ def test_a_damaged_pool_file_is_found_when_the_pool_is_opened_and_redone(scratch
     again = preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
     assert again.processed == ["case_0103"] and len(again.skipped) == 3
     assert len(_open(scratch).identifiers) == 4
+
+
+def test_a_copied_plans_file_gets_a_hint_naming_itself_and_a_rebuild_names_the_plans_it_stales(scratch, capsys):
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+    from nnunet_dinomix.unlabeled.pool import plans_identifier_of
+    preprocess_unlabeled(scratch["id"], num_processes=1, verbose=False)
+    copy = load_json(os.path.join(scratch["pre"], "nnUNetPlans.json"))  # keeps plans_name "nnUNetPlans"
+    copy["foreground_intensity_properties_per_channel"]["0"]["mean"] += 10
+    save_json(copy, os.path.join(scratch["pre"], "nnUNetPlansCopy.json"), sort_keys=False)
+    assert copy["plans_name"] == "nnUNetPlans" and plans_identifier_of(scratch["pre"], copy) == "nnUNetPlansCopy"
+    with pytest.raises(DinoMixError, match=f"dinomix_preprocess_unlabeled -d {scratch['id']} -c 3d_fullres "
+                                           f"-p nnUNetPlansCopy"):
+        _open(scratch, plans="nnUNetPlansCopy", plans_dict=copy)
+    capsys.readouterr()
+    preprocess_unlabeled(scratch["id"], plans_identifier="nnUNetPlansCopy", num_processes=1)
+    out = capsys.readouterr().out
+    assert "nnUNetPlans, nnUNetPlansTinyCPU, which share(s) the data identifier" in out
+    with pytest.raises(DinoMixError, match="stale"):
+        _open(scratch)  # as the note said

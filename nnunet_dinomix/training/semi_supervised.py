@@ -32,7 +32,8 @@ from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fileio import replace_atomically
 from nnunet_dinomix.training.progress import SemiSupervisedLocalLogger
 from nnunet_dinomix.training.unlabeled_loader import make_augmenter, nnUNetUnlabeledDataLoader
-from nnunet_dinomix.unlabeled.pool import UnlabeledPool, acquire_lease, open_pool, release_lease
+from nnunet_dinomix.unlabeled.pool import (UnlabeledPool, acquire_lease, open_pool, plans_identifier_of,
+                                           release_lease)
 
 CHECKPOINT_KEY = "dinomix"
 STATE_FORMAT = 1
@@ -87,8 +88,10 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         anything is built."""
         if self.unlabeled_pool is None:
             self.check_supported()
-            self.unlabeled_pool = open_pool(self.preprocessed_dataset_folder_base, self.plans_manager.plans,
-                                            self.configuration_name, self.dataset_json, self.plans_manager.plans_name)
+            folder = self.preprocessed_dataset_folder_base
+            plans = self.plans_manager.plans
+            self.unlabeled_pool = open_pool(folder, plans, self.configuration_name, self.dataset_json,
+                                            plans_identifier_of(folder, plans))
 
     def on_train_start(self):
         self.open_unlabeled_pool()

@@ -85,4 +85,21 @@ def check_complete(path: str) -> None:
                 f"read with zeros in place of the missing voxels; copy or export it again.")
 
 
-__all__ = ["IncompleteImageError", "check_complete"]
+def check_scalar(path: str) -> None:
+    """Refuse a vector image (several components per voxel, e.g. RGB or a 2-vector field): nnU-Net would read
+    its components as an extra axis and report a nonsense channel count. Files SimpleITK cannot inspect are left
+    to the dataset's reader."""
+    import SimpleITK as sitk
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return
+    components = reader.GetNumberOfComponents()
+    if components > 1:
+        raise DinoMixError(f"{path} has {components} components per voxel (a vector image). nnU-Net expects one "
+                           f"scalar image per channel: split it into CASE_0000, CASE_0001, ... files, as in imagesTr.")
+
+
+__all__ = ["IncompleteImageError", "check_complete", "check_scalar"]

@@ -163,6 +163,32 @@ def active_leases(pool_folder: str) -> List[str]:
     return live
 
 
+def plans_files(preprocessed_dataset_folder: str) -> Dict[str, dict]:
+    """Identifier (file stem) -> content of every plans file in a preprocessed dataset folder."""
+    out = {}
+    for name in sorted(os.listdir(preprocessed_dataset_folder)):
+        if not name.endswith(".json") or name in ("dataset.json", "dataset_fingerprint.json", "splits_final.json") \
+                or name.endswith(paths.MANIFEST_NAME_SUFFIX):
+            continue
+        try:
+            with open(os.path.join(preprocessed_dataset_folder, name)) as f:
+                content = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(content, dict) and "configurations" in content:
+            out[name[:-len(".json")]] = content
+    return out
+
+
+def plans_identifier_of(preprocessed_dataset_folder: str, plans: dict) -> str:
+    """The ``-p`` under which ``plans`` were loaded: the file holding exactly them. The ``plans_name`` inside may
+    differ (a copied plans file keeps its source's), so a hint built from it would name the wrong plans."""
+    wanted = {k: v for k, v in plans.items() if k != "continue_training"}  # nnU-Net adds and pops this key
+    matches = [k for k, v in plans_files(preprocessed_dataset_folder).items()
+               if {a: b for a, b in v.items() if a != "continue_training"} == wanted]
+    return matches[0] if len(matches) == 1 else plans.get("plans_name", "nnUNetPlans")
+
+
 def _preprocess_hint(dataset_name: str, configuration: str, plans_identifier: str) -> str:
     dataset_id = dataset_name[len("Dataset"):len("Dataset") + 3] if dataset_name.startswith("Dataset") else dataset_name
     plans = "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"

@@ -31,9 +31,9 @@ import numpy as np
 
 from nnunet_dinomix import paths
 from nnunet_dinomix.errors import DinoMixError
-from nnunet_dinomix.unlabeled.integrity import check_complete
+from nnunet_dinomix.unlabeled.integrity import check_complete, check_scalar
 from nnunet_dinomix.unlabeled.pool import (CASE_FILE_SUFFIXES, IN_USE_FOLDER, Manifest, active_leases, case_file_sizes,
-                                           case_problem, preprocessing_fingerprint)
+                                           case_problem, plans_files, preprocessing_fingerprint)
 
 STAGING = ".staging"
 # an unlabeled case whose spacing lies beyond [min / f, max * f] of the labeled cases along an axis is refused
@@ -121,11 +121,21 @@ def spacing_bounds(fingerprint: dict) -> Optional[np.ndarray]:
     return np.stack([s.min(0), s.max(0)])
 
 
+def is_2d_spacing(spacing) -> bool:
+    """nnU-Net's readers give a 2D image the spacing (999 x largest, sy, sx)."""
+    spacing = np.asarray(spacing, dtype=float)
+    return len(spacing) == 3 and spacing[0] >= 998 * spacing[1:].max()
+
+
 def check_image(case: Case, data: np.ndarray, properties: dict, num_channels: int,
-                bounds: Optional[np.ndarray]) -> None:
+                bounds: Optional[np.ndarray], dataset_is_2d: Optional[bool] = None) -> None:
     if data.shape[0] != num_channels:
         raise DinoMixError(f"case {case.identifier} ({case.files[0]}): read {data.shape[0]} channels, the dataset has "
                            f"{num_channels}. Unlabeled images must have the channels of imagesTr.")
+    if dataset_is_2d is not None and is_2d_spacing(properties["spacing"]) != dataset_is_2d:
+        # refused even with --allow_spacing_outliers: resampled, a 2D image would become a stack of copies
+        raise DinoMixError(f"case {case.identifier} ({case.files[0]}): a {'2D' if not dataset_is_2d else '3D'} image "
+                           f"in a {'2D' if dataset_is_2d else '3D'} dataset. Remove it or convert it.")
     if bounds is None:
         return
     spacing = np.asarray(properties["spacing"], dtype=float)
@@ -142,7 +152,7 @@ def check_image(case: Case, data: np.ndarray, properties: dict, num_channels: in
 
 
 def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, dataset_json: dict,
-                  bounds: Optional[np.ndarray]) -> Tuple[str, List[List[int]]]:
+                  bounds: Optional[np.ndarray], dataset_is_2d: Optional[bool]) -> Tuple[str, List[List[int]]]:
     """Worker: read, check, preprocess and save one case; returns its identifier and source signature."""
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -150,6 +160,8 @@ def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, da
     signature = case.signature()
     for f in case.files + ((case.truth,) if case.truth else ()):
         check_complete(f)  # a cut-off .nii.gz reads as an image padded with zeros
+    for f in case.files:
+        check_scalar(f)  # a vector image would be read with its components as an axis
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     try:
@@ -157,7 +169,7 @@ def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, da
     except Exception as e:  # readers raise bare RuntimeErrors with the details printed, or library errors
         raise DinoMixError(f"case {case.identifier}: could not read {', '.join(case.files)} ({type(e).__name__}: "
                            f"{e}). Check that the files are valid images of the dataset's format.") from e
-    check_image(case, data, properties, len(dataset_json["channel_names"]), bounds)
+    check_image(case, data, properties, len(dataset_json["channel_names"]), bounds, dataset_is_2d)
 
     truth = None
     if case.truth is not None:
@@ -181,6 +193,13 @@ def _process_case(case: Case, pool_dir: str, plans: dict, configuration: str, da
     for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):
         os.replace(os.path.join(staging, case.identifier + suffix), os.path.join(pool_dir, case.identifier + suffix))
     return case.identifier, signature
+
+
+def _fingerprint_or_none(plans: dict, configuration: str, dataset_json: dict) -> Optional[str]:
+    try:
+        return preprocessing_fingerprint(plans, configuration, dataset_json)
+    except Exception:  # plans of another layout: they cannot be this pool's
+        return None
 
 
 def _remove_case_files(pool_dir: str, identifier: str) -> None:
@@ -240,7 +259,10 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     input_folder = input_folder or paths.default_unlabeled_raw_folder(os.path.join(raw_root, dataset_name))
     cases = attach_truth(find_cases(input_folder, dataset_json["file_ending"], len(dataset_json["channel_names"])),
                          input_folder, dataset_json["file_ending"])
-    bounds = None if allow_spacing_outliers else spacing_bounds(load_json(fingerprint_file))
+    labeled_fingerprint = load_json(fingerprint_file)
+    bounds = None if allow_spacing_outliers else spacing_bounds(labeled_fingerprint)
+    spacings = labeled_fingerprint.get("spacings") or []
+    dataset_is_2d = is_2d_spacing(spacings[0]) if spacings else None
 
     pool_dir = paths.pool_folder(pre_folder, cm.data_identifier)
     manifest_path = paths.manifest_file(pre_folder, cm.data_identifier)
@@ -266,13 +288,23 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
               f"when the training has ended (new cases alone may be added at any time). If no such training runs, "
               f"delete {os.path.join(pool_dir, IN_USE_FOLDER)}.")
 
-    os.makedirs(pool_dir, exist_ok=True)
-    shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)  # leftovers of an interrupted run
-    os.makedirs(os.path.join(pool_dir, STAGING))
+    try:
+        os.makedirs(pool_dir, exist_ok=True)
+        shutil.rmtree(os.path.join(pool_dir, STAGING), ignore_errors=True)  # leftovers of an interrupted run
+        os.makedirs(os.path.join(pool_dir, STAGING))
+    except PermissionError as e:
+        raise DinoMixError(f"Cannot write the unlabeled pool into {pre_folder} ({e.strerror}: {e.filename}). The pool "
+                           f"lives beside nnU-Net's preprocessed data; run as a user who may write there.") from e
     if rebuild:
         if verbose:
             print(f"The plans changed since the pool was made ({manifest.preprocessing_fingerprint} -> "
                   f"{fingerprint}): all {len(cases)} cases are preprocessed again.")
+            sharing = [k for k, v in plans_files(pre_folder).items() if k != plans_identifier
+                       and configuration in v.get("configurations", {})
+                       and _fingerprint_or_none(v, configuration, dataset_json) == manifest.preprocessing_fingerprint]
+            if sharing:
+                print(f"Note: the pool was made for {', '.join(sharing)}, which share(s) the data identifier "
+                      f"{cm.data_identifier}. Trainings with those plans will find the rebuilt pool stale.")
             others = sorted({known[k].get("folder", manifest.source_folder) for k in missing})
             if others:
                 print(f"{len(missing)} stale case(s) from other input folders leave the pool; add them again with "
@@ -294,7 +326,7 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
                   f"{', ...' if len(missing) > 5 else ''}); they are kept. Pass --remove_missing to remove them.")
 
     processed: List[str] = []
-    jobs = [(c, pool_dir, plans, configuration, dataset_json, bounds) for c in todo]
+    jobs = [(c, pool_dir, plans, configuration, dataset_json, bounds, dataset_is_2d) for c in todo]
     try:
         for identifier, signature in _run_jobs(jobs, num_processes, verbose):
             case = by_id[identifier]
