@@ -295,3 +295,43 @@ def test_a_copied_plans_file_gets_a_hint_naming_itself_and_a_rebuild_names_the_p
     assert "nnUNetPlans, nnUNetPlansTinyCPU, which share(s) the data identifier" in out
     with pytest.raises(DinoMixError, match="stale"):
         _open(scratch)  # as the note said
+
+
+def _children(pid):
+    import subprocess
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_killing_the_command_ends_its_workers(scratch):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import bin_path
+    proc = subprocess.Popen([bin_path("dinomix_preprocess_unlabeled"), "-d", scratch["id"], "-np", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = [p for p in _children(proc.pid) if "resource_tracker" not in open(f"/proc/{p}/cmdline").read()]
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the workers did not start"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.5)
+    survivors = [p for p in workers if _alive(p)]
+    for p in survivors:
+        os.kill(p, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived the killed command"

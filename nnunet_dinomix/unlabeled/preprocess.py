@@ -22,6 +22,8 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -350,6 +352,17 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     return PreprocessResult(pool_dir, manifest_path, processed, skipped, removed)
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the command that started it is gone (killed, even with SIGKILL).
+    Otherwise spawned workers wait forever on a task queue whose write end they hold themselves."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _run_jobs(jobs, num_processes: int, verbose: bool):
     """Yield ``_process_case`` results as cases finish, with a progress bar."""
     from tqdm import tqdm
@@ -364,7 +377,8 @@ def _run_jobs(jobs, num_processes: int, verbose: bool):
         # spawn, like nnU-Net's preprocessing (forked workers inherit the parent's threads and locks). Unlike a
         # multiprocessing.Pool, the executor notices a worker killed by the OS instead of waiting forever.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=context) as executor:
+        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=context,
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as executor:
             futures = [executor.submit(_process_case, *job) for job in jobs]
             try:
                 for future in as_completed(futures):
