@@ -38,7 +38,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget"]
 UPPER = "upper bound (all labels)"
-DATASET, FULL_DATASET = 990, 991
+ANCHOR = "offline PL (anchor)"
+DATASET, FULL_DATASET, ANCHOR_DATASET = 990, 991, 992
 # nnU-Net sizes torch's thread pool from multiprocessing.cpu_count(); runs side by side get a share of the cores
 TRAIN_LAUNCHER = ("import multiprocessing, sys; multiprocessing.cpu_count = lambda: {threads}; "
                   "from nnunetv2.run.run_training import run_training_entry; sys.argv[0] = 'nnUNetv2_train'; "
@@ -153,6 +154,8 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
     else:
         run_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     tag = run.label.replace(" ", "_").replace("(", "").replace(")", "")
+    if run.label == ANCHOR:
+        return _offline_pl_anchor(run, work, env, run_env, results, logs, tag)
     resume = []
     if run.start_from is not None:  # the burn-in is the reference's: start from its snapshot, with nnU-Net's --c
         snapshot = wait_for_snapshot(run, work)
@@ -166,10 +169,39 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
     train_s = time.time() - start
     if run.start_from is not None:  # the wall-clock of the burn-in it shares counts too
         train_s += os.path.getmtime(snapshot) - run.start_from.started_at
+    return score(run, work, env, run_env, logs, tag, run.dataset, train_s)
+
+
+def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], results: str, logs: str,
+                       tag: str) -> dict:
+    """FLARE22-style offline pseudo-labelling at the same total steps: the reference's snapshot at half the steps
+    labels the unlabeled cases (dinomix_offline_pl), and plain nnU-Net trains on labeled + pseudo-labelled cases
+    from scratch for the other half."""
+    from nnunet_dinomix import demo
+    snapshot = wait_for_snapshot(run, work)
+    ref = run.start_from
+    ref_results = results_folder(work, ref)
+    # the anchor trains half the steps; its own results (dataset ANCHOR_DATASET) sit beside the reference's model
+    anchor_env = dict(run_env, nnUNet_results=ref_results, DINOMIX_NUM_EPOCHS=str(ref.snapshot_epoch))
+    anchor_env.pop("DINOMIX_TRAINER_SETTINGS", None)
+    start = time.time()
+    demo.run([demo._bin("dinomix_offline_pl"), "-d", str(DATASET), "-p", demo.PLANS, "-c", demo.CONFIGURATION,
+              "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
+              str(ANCHOR_DATASET), "-device", "cpu", "--disable_tta", "-np", "1"], anchor_env,
+             os.path.join(logs, f"train_{tag}.log"))
+    train_s = time.time() - start + os.path.getmtime(snapshot) - ref.started_at
+    return score(run, work, env, anchor_env, logs, tag, ANCHOR_DATASET, train_s)
+
+
+def score(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str, tag: str, dataset: int,
+          train_s: float) -> dict:
+    """Predict the held-out cases with the run's model (of ``dataset``) and score them against the truth."""
+    from nnunet_dinomix import demo
+    from nnunet_dinomix.phantom.dataset import dataset_folder_name
     raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET, demo.DATASET_NAME))
     prediction = os.path.join(work, "predictions", tag)
     demo.run([demo._bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
-              str(run.dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", demo.PLANS,
+              str(dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", demo.PLANS,
               "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], run_env,
              os.path.join(logs, f"predict_{tag}.log"))
     plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET, demo.DATASET_NAME),
@@ -265,6 +297,9 @@ def main(argv=None) -> int:
                    help=f"trainers run on the first seed only (diagnostic recipes; '{UPPER}' for the bound)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (cores are shared among them)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    p.add_argument("--anchor", action="store_true",
+                   help=f"add '{ANCHOR}': the reference's snapshot at half the steps pseudo-labels the unlabeled "
+                        f"cases, plain nnU-Net trains on all of them for the other half (needs --shared-burn-in)")
     p.add_argument("--shared-burn-in", action="store_true",
                    help="the semi-supervised runs start from the reference's checkpoint at half the steps (their "
                         "burn-in, which with DINOMIX_SEED is the reference's first half anyway) instead of "
@@ -289,6 +324,8 @@ def main(argv=None) -> int:
     epochs = args.steps // args.iterations
     if args.shared_burn_in and epochs % 2:
         p.error("--shared-burn-in needs an even number of epochs (--steps / --iterations)")
+    if args.anchor and not args.shared_burn_in:
+        p.error("--anchor needs --shared-burn-in (it starts from the reference's snapshot)")
     start = time.time()
     envs, runs = {}, []
     for seed in args.seeds:
@@ -301,6 +338,9 @@ def main(argv=None) -> int:
             seed_runs[0].snapshot_epoch = epochs // 2
             for r in seed_runs[1:]:
                 r.start_from = seed_runs[0]
+            if args.anchor:
+                seed_runs.append(Run(ANCHOR, seed_runs[0].trainer, None, ANCHOR_DATASET, seed,
+                                     start_from=seed_runs[0]))
         runs += seed_runs
         if args.upper_bound and (seed == args.seeds[0] or UPPER not in args.first_seed_only):
             runs.append(Run(UPPER, "nnUNetTrainerBudget", None, FULL_DATASET, seed))
@@ -332,7 +372,7 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     from nnunet_dinomix.report import rarest_classes
     config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
     specs = [parse_trainer(t) for t in args.trainers]
-    labels = [s[0] for s in specs] + ([UPPER] if args.upper_bound else [])
+    labels = [s[0] for s in specs] + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else [])
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     epochs = args.steps // args.iterations
     labels_tr = os.path.join(work, f"seed_{args.seeds[0]}", "nnUNet_raw",

@@ -96,6 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier [default: nnUNetPlans]")
     p.add_argument("-tr", default="nnUNetTrainer", help="trainer of the supervised model that labels round 1")
     p.add_argument("-f", default="0", help="fold of that model, also trained in every round [default: 0]")
+    p.add_argument("-chk", default="checkpoint_final.pth",
+                   help="checkpoint of the -tr model that labels round 1 [default: checkpoint_final.pth]")
     p.add_argument("--train_trainer", default=None, help="trainer of every round [default: -tr]")
     p.add_argument("--target_id", type=int, required=True, help="dataset ID of round 1; round r uses ID + r - 1")
     p.add_argument("--rounds", type=int, default=1)
@@ -168,6 +170,8 @@ def run_rounds(args) -> int:
         print(f"Round {r}/{args.rounds}: {model[1]} on {model[0]} labels {len(unlabeled)} cases -> {name}", flush=True)
         predict = ["nnUNetv2_predict", "-i", unlabeled_folder, "-o", pseudo, "-d", model[0], "-c", args.c, "-f",
                    args.f, "-tr", model[1], "-p", args.p, "-device", args.device]
+        if r == 1 and args.chk != "checkpoint_final.pth":
+            predict += ["-chk", args.chk]
         run_command(predict + (["--disable_tta"] if args.disable_tta else []))
         reader = determine_reader_writer_from_dataset_json(dataset_json, unlabeled[next(iter(unlabeled))][0])()
         drop = unstable_cases(pseudo, previous, sorted(unlabeled), ending, reader, classes,
