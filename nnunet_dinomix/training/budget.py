@@ -15,7 +15,12 @@ ablations in benchmarks, ``DINOMIX_TRAINER_SETTINGS`` may hold a JSON object of 
 and after ``on_train_start`` (before the first batch is drawn). Trainers given the same seed then start from the
 same weights and draw the same labeled batches and augmentations; with one thread on the CPU, a semi-supervised
 trainer's burn-in repeats plain nnU-Net's training step for step. Benchmarks use this to pair runs (common
-random numbers), so that a difference between trainers is not the luck of the initialisation.
+random numbers), so that a difference between trainers is not the luck of the initialisation. Under DDP each rank
+draws its own batches (the rank is mixed into the second seed).
+
+``snapshot_epochs`` (settable through ``DINOMIX_TRAINER_SETTINGS``) keeps ``checkpoint_epoch_<E>.pth`` after epoch
+``E``, resumable with ``--c`` like nnU-Net's own ``checkpoint_latest.pth``.
+
 Prediction does not read the variables (the trainer is never instantiated by ``nnUNetv2_predict``).
 """
 from __future__ import annotations
