@@ -153,13 +153,10 @@ def run_rounds(args) -> int:
     if not unlabeled:
         raise DinoMixError(f"No unlabeled images in {unlabeled_folder}.")
     base_name = source.split("_", 1)[1] if "_" in source else source
-    targets = [(args.target_id + r, f"Dataset{args.target_id + r:03d}_{base_name}PL{r + 1}")
+    targets = [(args.target_id + r, paths.dataset_folder_name(args.target_id + r, f"{base_name}PL{r + 1}"))
                for r in range(args.rounds)]
     for tid, name in targets:  # refuse before anything is written
-        for root in (raw_root, pre_root, results_root):
-            if os.path.isdir(root) and any(d.startswith(f"Dataset{tid:03d}_") for d in os.listdir(root)):
-                raise DinoMixError(f"Dataset ID {tid} is already used in {root}. Nothing was written; choose "
-                                   f"another --target_id.")
+        paths.refuse_used_dataset_id(tid, (raw_root, pre_root, results_root), "choose another --target_id.")
     model = (source, args.tr)
     train_trainer = args.train_trainer or args.tr
     classes = [int(v) for k, v in dataset_json["labels"].items() if isinstance(v, int) and v > 0]

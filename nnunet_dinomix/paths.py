@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
+
+from nnunet_dinomix.errors import DinoMixError
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
 # true labels of unlabeled cases, where known (the phantom): diagnostics only, never trained on
@@ -29,6 +32,22 @@ def manifest_file(preprocessed_dataset_folder: str, data_identifier: str) -> str
 
 def default_unlabeled_raw_folder(raw_dataset_folder: str) -> str:
     return os.path.join(raw_dataset_folder, UNLABELED_RAW_FOLDER)
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """nnU-Net's folder name of a dataset: ``Dataset{ID:03d}_{Name}``."""
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def refuse_used_dataset_id(dataset_id: int, roots: Sequence[str], advice: str) -> None:
+    """Refuse a dataset ID that a folder in any of ``roots`` already has: nnU-Net finds datasets by ID, so a
+    second ``DatasetXXX_*`` would make both ambiguous (and writing into the first would overwrite it)."""
+    for root in roots:
+        if os.path.isdir(root):
+            clashes = sorted(d for d in os.listdir(root) if d.startswith(f"Dataset{dataset_id:03d}_"))
+            if clashes:
+                raise DinoMixError(f"Dataset ID {dataset_id} is already used: {clashes[0]} in {root}. Nothing was "
+                                   f"written; {advice}")
 
 
 def require_env(name: str) -> str:

@@ -44,10 +44,10 @@ def plan(dataset: str, configuration: str, fold: str, trainers: List[str], outpu
          published: Optional[str], force_plan: bool = False) -> List[List[str]]:
     """The commands still to run, in order."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
     name = maybe_convert_to_dataset_name(dataset)
     raw = os.path.join(os.environ["nnUNet_raw"], name)
     pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
-    results = os.environ["nnUNet_results"]
     for sub in ("imagesTs", "labelsTs", "imagesUnlabeled"):
         if not os.path.isdir(os.path.join(raw, sub)):
             raise DinoMixError(f"{raw} has no {sub}/: convert the benchmark with dinomix_convert first.")
@@ -58,7 +58,7 @@ def plan(dataset: str, configuration: str, fold: str, trainers: List[str], outpu
     commands.append(["dinomix_preprocess_unlabeled", "-d", dataset, "-c", configuration])
     predictions = []
     for trainer in trainers:
-        fold_dir = os.path.join(results, name, f"{trainer}__nnUNetPlans__{configuration}", f"fold_{fold}")
+        fold_dir = get_output_folder(name, trainer, "nnUNetPlans", configuration, fold)  # nnU-Net's own layout
         if not os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth")):
             train = ["nnUNetv2_train", dataset, configuration, fold, "-tr", trainer, "-device", device]
             if os.path.isfile(os.path.join(fold_dir, "checkpoint_latest.pth")):

@@ -94,7 +94,7 @@ def test_files_are_linked_or_copied_never_moved(synapse_download, tmp_path):
     copied = convert_synapse(str(synapse_download), str(tmp_path / "b"), 502, copy=True, verbose=False)
     target = os.path.join(copied, "imagesTr", "synapse_0009_0000.nii.gz")
     assert not os.path.samefile(source, target) and open(source, "rb").read() == open(target, "rb").read()
-    with pytest.raises(DinoMixError, match="already has a dataset with ID 502"):
+    with pytest.raises(DinoMixError, match="Dataset ID 502 is already used"):
         convert_synapse(str(synapse_download), str(tmp_path / "b"), 502, verbose=False)
 
 

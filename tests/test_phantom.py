@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.phantom.dataset import PhantomSplit, write_phantom_dataset
 from nnunet_dinomix.phantom.generator import LABELS, PhantomConfig, make_cases
 
@@ -71,5 +72,5 @@ def test_written_dataset_follows_nnunet_layout(tmp_path):
     assert ds["numTraining"] == 2 and ds["labels"]["adrenal"] == 8 and ds["file_ending"] == ".nii.gz"
     img = sitk.ReadImage(os.path.join(folder, "imagesTr", "case_0000_0000.nii.gz"))
     assert img.GetSize() == (32, 32, 16) and img.GetSpacing() == (2.0, 2.0, 3.0)
-    with pytest.raises(FileExistsError):  # an existing dataset ID is never overwritten
+    with pytest.raises(DinoMixError, match="Dataset ID .* is already used"):  # an existing ID is never overwritten
         write_phantom_dataset(str(tmp_path), 981, "Other", PhantomSplit(1, 1, 1), verbose=False)

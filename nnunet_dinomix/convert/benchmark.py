@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from nnunet_dinomix.convert.splits import AMOS, SYNAPSE, choose_labeled
 from nnunet_dinomix.errors import DinoMixError
-from nnunet_dinomix.paths import UNLABELED_RAW_FOLDER
+from nnunet_dinomix.paths import UNLABELED_RAW_FOLDER, dataset_folder_name, refuse_used_dataset_id
 
 # label values follow the benchmark's class order, which is also the datasets' own numbering
 SYNAPSE_LABELS = {"background": 0, "spleen": 1, "right_kidney": 2, "left_kidney": 3, "gallbladder": 4,
@@ -57,11 +57,7 @@ def _place(src: str, dst: str, copy: bool) -> None:
 
 
 def _check_target(raw_root: str, dataset_id: int) -> None:
-    if os.path.isdir(raw_root):
-        clashes = [d for d in os.listdir(raw_root) if d.startswith(f"Dataset{dataset_id:03d}_")]
-        if clashes:
-            raise DinoMixError(f"nnUNet_raw already has a dataset with ID {dataset_id}: {clashes[0]}. Nothing was "
-                               f"written; choose another ID with -d or remove that dataset yourself.")
+    refuse_used_dataset_id(dataset_id, [raw_root], "choose another ID with -d or remove that dataset yourself.")
 
 
 def _require(cases: Dict[str, Case], ids: Sequence[str], need_label: bool, what: str) -> List[str]:
@@ -83,7 +79,7 @@ def write_split(cases: Dict[str, Case], split: Split, raw_root: str, dataset_id:
         raise DinoMixError(f"The input is incomplete for this split ({len(problems)} problem(s)); nothing was "
                            f"written:\n  " + "\n  ".join(problems[:25]) + ("\n  ..." if len(problems) > 25 else ""))
     _check_target(raw_root, dataset_id)
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
     sub = {k: os.path.join(folder, k) for k in ("imagesTr", "labelsTr", UNLABELED_RAW_FOLDER, "imagesTs", "labelsTs")}
     for d in sub.values():
         os.makedirs(d)
@@ -101,7 +97,7 @@ def write_split(cases: Dict[str, Case], split: Split, raw_root: str, dataset_id:
 
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     generate_dataset_json(folder, channel_names={0: channel_name}, labels=labels, num_training_cases=len(split.labeled),
-                          file_ending=ending, dataset_name=f"Dataset{dataset_id:03d}_{name}",
+                          file_ending=ending, dataset_name=dataset_folder_name(dataset_id, name),
                           converted_by="nnunet-dinomix (dinomix_convert)", numUnlabeled=len(split.unlabeled),
                           numTest=len(split.test))
     record = {"labeled": split.labeled, "unlabeled": split.unlabeled, "test": split.test,

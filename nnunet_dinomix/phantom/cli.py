@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     try:
         folder = write_phantom_dataset(raw, args.d, args.name, PhantomSplit(args.labeled, args.unlabeled, args.test),
                                        args.seed, PhantomConfig(shape=tuple(args.shape)))
-    except (DinoMixError, FileExistsError) as e:
+    except DinoMixError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     print(f"Wrote {folder}")

@@ -19,7 +19,8 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_dinomix.paths import DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER
+from nnunet_dinomix.paths import (DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER, dataset_folder_name,  # noqa: F401
+                                  refuse_used_dataset_id)
 from nnunet_dinomix.phantom.generator import LABELS, PhantomConfig, class_voxel_counts, make_case
 
 FILE_ENDING = ".nii.gz"
@@ -38,21 +39,13 @@ def _write(array: np.ndarray, spacing_zyx, path: str, dtype) -> None:
     sitk.WriteImage(img, path, useCompression=True)
 
 
-def dataset_folder_name(dataset_id: int, name: str) -> str:
-    return f"Dataset{dataset_id:03d}_{name}"
-
-
 def write_phantom_dataset(raw_root: str, dataset_id: int = 990, name: str = "DinoMixPhantom",
                           split: PhantomSplit = PhantomSplit(), seed: int = 0,
                           config: PhantomConfig = PhantomConfig(), verbose: bool = True) -> str:
     """Generate the dataset below ``raw_root`` and return its folder. Refuses to touch an existing dataset."""
     folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
-    if os.path.isdir(raw_root):
-        clashes = [d for d in os.listdir(raw_root) if d.startswith(f"Dataset{dataset_id:03d}_")]
-        if clashes:
-            raise FileExistsError(
-                f"nnUNet_raw already has a dataset with ID {dataset_id}: {clashes[0]} ({raw_root}). Nothing was "
-                f"written. Delete it yourself if it is an old phantom, or pick another ID with -d.")
+    refuse_used_dataset_id(dataset_id, [raw_root], "delete it yourself if it is an old phantom, or pick another ID "
+                                                   "with -d.")
     sub = {k: os.path.join(folder, k) for k in ("imagesTr", "labelsTr", UNLABELED_RAW_FOLDER, DIAGNOSTIC_LABELS_FOLDER,
                                                 "imagesTs", "labelsTs")}
     for d in sub.values():
