@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
-from nnunet_dinomix import discovery
+from nnunet_dinomix import discovery, paths
 from nnunet_dinomix.errors import DinoMixError
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -94,14 +94,13 @@ def check_teacher_weights(trainer: type) -> Check:
 
 def check_dataset(dataset: str, configuration: str, plans_identifier: str) -> List[Check]:
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_dinomix.unlabeled.pool import open_pool
 
     try:
-        name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError:
-        return [Check(FAIL, f"dataset {dataset} not found", "check the ID and nnUNet_raw/nnUNet_preprocessed")]
+        name = paths.resolve_dataset(dataset)
+    except DinoMixError as e:
+        return [Check(FAIL, f"dataset {dataset} not found", str(e))]
     folder = os.path.join(os.environ["nnUNet_preprocessed"], name)
     plans_file = os.path.join(folder, plans_identifier + ".json")
     if not os.path.isfile(plans_file):

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from nnunet_dinomix import paths
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.errors import DinoMixError, command
 
 
 def link_or_copy(src: str, dst: str) -> None:
@@ -89,6 +89,7 @@ def build_dataset(source_raw: str, target_raw: str, pseudo_folder: str, unlabele
     return len(labeled) + len(kept)
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="dinomix_offline_pl", description=__doc__.split("\n\n")[0])
     p.add_argument("-d", required=True, help="source dataset (name or ID) with its unlabeled images")
@@ -109,11 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-np", type=int, default=4, help="preprocessing workers")
     args = p.parse_args(argv)
 
-    try:
-        return run_rounds(args)
-    except DinoMixError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    return run_rounds(args)
 
 
 def run_command(cmd: List[str]) -> None:
@@ -128,7 +125,6 @@ def run_command(cmd: List[str]) -> None:
 def run_rounds(args) -> int:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     from nnunet_dinomix.unlabeled.preprocess import find_cases
     raw_root, pre_root = paths.require_env("nnUNet_raw"), paths.require_env("nnUNet_preprocessed")
@@ -137,10 +133,7 @@ def run_rounds(args) -> int:
         raise DinoMixError(f"--drop_unstable must lie in [0, 1), got {args.drop_unstable}")
     if args.rounds < 1:
         raise DinoMixError(f"--rounds must be at least 1, got {args.rounds}")
-    try:
-        source = maybe_convert_to_dataset_name(args.d)
-    except RuntimeError as e:
-        raise DinoMixError(f"Dataset {args.d} was not found in nnUNet_raw ({raw_root}).") from e
+    source = paths.resolve_dataset(args.d)
     source_raw = os.path.join(raw_root, source)
     dataset_json = load_json(os.path.join(source_raw, "dataset.json"))
     ending = dataset_json["file_ending"]

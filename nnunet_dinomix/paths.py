@@ -50,6 +50,18 @@ def refuse_used_dataset_id(dataset_id: int, roots: Sequence[str], advice: str) -
                                    f"written; {advice}")
 
 
+def resolve_dataset(dataset) -> str:
+    """``DatasetXXX_Name`` for a dataset name or ID, as nnU-Net resolves it, or a :class:`DinoMixError`."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:
+        raise DinoMixError(
+            f"Dataset {dataset} was not found in nnUNet_raw ({os.environ.get('nnUNet_raw')}), nnUNet_preprocessed "
+            f"({os.environ.get('nnUNet_preprocessed')}) or nnUNet_results. Check the ID and your environment "
+            f"variables.") from e
+
+
 def require_env(name: str) -> str:
     """Return an nnU-Net path variable or fail with the fix, as nnU-Net users expect."""
     value = os.environ.get(name)

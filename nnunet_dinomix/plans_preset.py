@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.errors import DinoMixError, command
 
 _PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 _MIN_FEATURE_MAP_EDGE = 4  # nnU-Net's ExperimentPlanner.UNet_featuremap_min_edge_length
@@ -91,11 +91,11 @@ def derive_plans(plans: dict, preset: dict) -> dict:
 def write_derived_plans(dataset: str, preset_name: str, source_plans: str = "nnUNetPlans",
                         overwrite: bool = False) -> str:
     from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_dinomix import paths
     from nnunet_dinomix.paths import require_env
 
     preset = load_preset(preset_name)
-    folder = os.path.join(require_env("nnUNet_preprocessed"), maybe_convert_to_dataset_name(dataset))
+    folder = os.path.join(require_env("nnUNet_preprocessed"), paths.resolve_dataset(dataset))
     source = os.path.join(folder, source_plans + ".json")
     if not os.path.isfile(source):
         raise DinoMixError(f"{source} does not exist. Run nnUNetv2_plan_and_preprocess -d {dataset} first.")
@@ -110,6 +110,7 @@ def write_derived_plans(dataset: str, preset_name: str, source_plans: str = "nnU
     return target
 
 
+@command
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dinomix_plans_preset",
@@ -122,11 +123,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("-p", "--source_plans", default="nnUNetPlans", help="plans to derive from [default: nnUNetPlans]")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing derived plans file")
     args = parser.parse_args(argv)
-    try:
-        target = write_derived_plans(args.d, args.preset, args.source_plans, args.overwrite)
-    except DinoMixError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    target = write_derived_plans(args.d, args.preset, args.source_plans, args.overwrite)
     plans = json.load(open(target))
     for name, conf in plans["configurations"].items():
         if "patch_size" in conf and "architecture" in conf:

@@ -22,8 +22,8 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from nnunet_dinomix import discovery
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix import discovery, paths
+from nnunet_dinomix.errors import DinoMixError, command
 
 DEFAULT_TRAINERS = ["nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerDinoMixNoFKD", "nnUNetTrainerDinoMix"]
 
@@ -43,9 +43,8 @@ def published_setting(raw_folder: str) -> Optional[str]:
 def plan(dataset: str, configuration: str, fold: str, trainers: List[str], output: str, device: str,
          published: Optional[str], force_plan: bool = False) -> List[List[str]]:
     """The commands still to run, in order."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    name = maybe_convert_to_dataset_name(dataset)
+    name = paths.resolve_dataset(dataset)
     raw = os.path.join(os.environ["nnUNet_raw"], name)
     pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
     for sub in ("imagesTs", "labelsTs", "imagesUnlabeled"):
@@ -77,6 +76,7 @@ def plan(dataset: str, configuration: str, fold: str, trainers: List[str], outpu
     return commands
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dinomix_reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset ID or name (e.g. from dinomix_convert)")
@@ -92,23 +92,22 @@ def main(argv=None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     try:
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-        name = maybe_convert_to_dataset_name(args.d)
+        name = paths.resolve_dataset(args.d)
         raw_folder = os.path.join(os.environ["nnUNet_raw"], name)
         published = published_setting(raw_folder) if args.published == "auto" else \
             (None if args.published == "none" else args.published)
         discovery.check_dinov3_weights(args.tr)
         output = args.o or os.path.join(os.environ["nnUNet_results"], name, "benchmark")
         commands = plan(args.d, args.c, args.f, args.tr, output, args.device, published, args.force_plan)
-    except (DinoMixError, RuntimeError, KeyError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    except KeyError as e:  # an nnU-Net path variable is not set
+        raise DinoMixError(f"{e.args[0]} is not set; nnU-Net and nnunet-dinomix need nnUNet_raw, "
+                           f"nnUNet_preprocessed and nnUNet_results.") from e
     discovery.register_in_environment()
-    for i, command in enumerate(commands, 1):
-        print(f"[{i}/{len(commands)}] {' '.join(shlex.quote(c) for c in command)}", flush=True)
+    for i, cmd in enumerate(commands, 1):
+        print(f"[{i}/{len(commands)}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         if args.dry_run:
             continue
-        if subprocess.run(command).returncode != 0:
+        if subprocess.run(cmd).returncode != 0:
             print(f"ERROR: step {i} failed; fix the cause and run dinomix_reproduce again (finished steps are "
                   f"skipped, unfinished training resumes).", file=sys.stderr)
             return 1

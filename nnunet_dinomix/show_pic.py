@@ -25,7 +25,7 @@ import tempfile
 import numpy as np
 import torch
 
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.errors import DinoMixError, command
 
 PROVENANCE_COLOURS = np.array([[0.1, 0.1, 0.1], [0.2, 0.75, 0.3], [1.0, 0.6, 0.1]])  # none, ground truth, pseudo
 
@@ -109,6 +109,7 @@ def plot_probabilities(probabilities, counts, class_names, gamma: float, progres
     plt.close(fig)
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dinomix_show_pic", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or ID")
@@ -161,9 +162,6 @@ def main(argv=None) -> int:
         for name, p in zip(names, class_probs.tolist()):
             print(f"  {name:20s} p = {p:.3f}")
         print(f"Wrote {samples} and {probabilities}")
-    except DinoMixError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
     finally:
         if trainer is not None and trainer.dataloader_train is not None:
             with contextlib.redirect_stdout(io.StringIO()):

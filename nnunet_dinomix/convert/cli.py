@@ -5,9 +5,10 @@ import argparse
 import os
 import sys
 
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.errors import command
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="dinomix_convert",
@@ -40,14 +41,10 @@ def main(argv=None) -> int:
         parser.error("give -o or set nnUNet_raw")
 
     from nnunet_dinomix.convert.benchmark import convert_amos, convert_synapse
-    try:
-        if args.benchmark == "synapse":
-            folder = convert_synapse(args.input, raw, args.d, args.ratio, args.seed, args.copy, args.name)
-        else:
-            folder = convert_amos(args.input, raw, args.d, args.ratio, args.seed, args.ct_only, args.copy, args.name)
-    except DinoMixError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    if args.benchmark == "synapse":
+        folder = convert_synapse(args.input, raw, args.d, args.ratio, args.seed, args.copy, args.name)
+    else:
+        folder = convert_amos(args.input, raw, args.d, args.ratio, args.seed, args.ct_only, args.copy, args.name)
     print(f"Wrote {folder}. Next: nnUNetv2_plan_and_preprocess -d {args.d} -c 3d_fullres, then "
           f"dinomix_preprocess_unlabeled -d {args.d}")
     return 0

@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.errors import DinoMixError, command
 from nnunet_dinomix.evaluation.metrics import case_scores
 from nnunet_dinomix.evaluation.published import published_columns
 
@@ -207,6 +207,7 @@ def write_report(rows, labels, shares, published, output: str, title: str) -> Di
     return paths
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dinomix_evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("-ref", required=True, help="folder with the reference segmentations (e.g. labelsTs)")
@@ -241,9 +242,8 @@ def main(argv=None) -> int:
         title = args.title or f"Per-class evaluation of {len(rows) // max(len(labels) * len(predictions), 1)} " \
                               f"test cases"
         paths = write_report(rows, labels, shares, published, args.o, title)
-    except (DinoMixError, ValueError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    except ValueError as e:  # bad --published / label values
+        raise DinoMixError(str(e)) from e
     print(open(paths["md"]).read())
     print("Wrote " + ", ".join(paths.values()))
     return 0

@@ -5,9 +5,10 @@ import argparse
 import os
 import sys
 
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.errors import command
 
 
+@command
 def main(argv=None) -> int:
     from nnunet_dinomix.phantom.dataset import PhantomSplit, write_phantom_dataset
     from nnunet_dinomix.phantom.generator import PhantomConfig
@@ -28,12 +29,8 @@ def main(argv=None) -> int:
     raw = args.output or os.environ.get("nnUNet_raw")
     if not raw:
         parser.error("give -o or set nnUNet_raw")
-    try:
-        folder = write_phantom_dataset(raw, args.d, args.name, PhantomSplit(args.labeled, args.unlabeled, args.test),
-                                       args.seed, PhantomConfig(shape=tuple(args.shape)))
-    except DinoMixError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    folder = write_phantom_dataset(raw, args.d, args.name, PhantomSplit(args.labeled, args.unlabeled, args.test),
+                                   args.seed, PhantomConfig(shape=tuple(args.shape)))
     print(f"Wrote {folder}")
     return 0
 

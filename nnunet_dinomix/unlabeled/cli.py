@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.errors import command
 
 
+@command
 def main(argv=None) -> int:
     from nnunetv2.configuration import default_num_processes
 
@@ -36,16 +37,12 @@ def main(argv=None) -> int:
         parser.error("-i/--input can only be used with a single dataset")
 
     from nnunet_dinomix.unlabeled.preprocess import preprocess_unlabeled
-    try:
-        for d in args.d:
-            for c in args.c:
-                r = preprocess_unlabeled(d, c, args.plans, args.input, args.np, args.allow_spacing_outliers,
-                                         remove_missing=args.remove_missing)
-                print(f"Done: {len(r.processed)} preprocessed, {len(r.skipped)} already up to date"
-                      + (f", {len(r.removed)} removed" if r.removed else "") + f" -> {r.pool_folder}")
-    except DinoMixError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    for d in args.d:
+        for c in args.c:
+            r = preprocess_unlabeled(d, c, args.plans, args.input, args.np, args.allow_spacing_outliers,
+                                     remove_missing=args.remove_missing)
+            print(f"Done: {len(r.processed)} preprocessed, {len(r.skipped)} already up to date"
+                  + (f", {len(r.removed)} removed" if r.removed else "") + f" -> {r.pool_folder}")
     return 0
 
 

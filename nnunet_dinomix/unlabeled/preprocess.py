@@ -229,16 +229,11 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
     Cases of the pool that are not in ``input_folder`` (e.g. from another folder given earlier) are kept unless
     ``remove_missing``; they are removed only after every new case has been preprocessed."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     raw_root = paths.require_env("nnUNet_raw")
     preprocessed_root = paths.require_env("nnUNet_preprocessed")
-    try:
-        dataset_name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise DinoMixError(f"Dataset {dataset} was not found in nnUNet_raw ({raw_root}) or nnUNet_preprocessed "
-                           f"({preprocessed_root}). Check the ID and your environment variables.") from e
+    dataset_name = paths.resolve_dataset(dataset)
     pre_folder = os.path.join(preprocessed_root, dataset_name)
     plans_file = os.path.join(pre_folder, plans_identifier + ".json")
     if not os.path.isfile(plans_file):
