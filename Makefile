@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-fast demo benchmark clean-venv
+.PHONY: setup test test-unit test-fast demo benchmark clean-venv
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
 
 test-fast: setup
 	$(PY) -m pytest -m "not e2e"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DATASET_ID, checkpoint_with_plain_network, make_trainer, parameters_of, started_trainer
+from support import DATASET_ID, checkpoint_with_plain_network, make_trainer, parameters_of, started_trainer
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
 from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, TINY_PLANS, run_cli
+from support import DATASET_ID, TINY_PLANS, run_cli
 from nnunet_dinomix.training.semi_supervised import CHECKPOINT_KEY
 
 TRAINER = "nnUNetTrainerMeanTeacherBudget"

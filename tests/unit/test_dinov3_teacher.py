@@ -84,29 +84,3 @@ def test_wrong_size_truncated_or_missing_weights_fail_clearly(files, tmp_path):
         build_dinov3(str(empty_dir))
     with pytest.raises(DinoMixError, match="Unknown DINOv3 architecture"):
         build_dinov3(files["timm"], arch="vit_giant")
-
-
-def test_doctor_calls_weights_ok_only_if_the_trainer_would_load_them(files, tmp_path, monkeypatch):
-    from nnunet_dinomix.doctor import FAIL, OK, check_teacher_weights
-    from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
-    from nnunet_dinomix.training.dinomix import nnUNetTrainerDinoMix
-
-    class Pruned(nnUNetTrainerDinoMix):  # names its depth on purpose
-        dinov3_depth = DEPTH
-
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    check = check_teacher_weights(Pruned)
-    assert check.status == FAIL and "is not set" in check.detail
-    monkeypatch.setenv(WEIGHTS_ENV, files["hf"])
-    check = check_teacher_weights(Pruned)
-    assert check.status == OK and f"{DEPTH} blocks, width 384" in check.what
-    check = check_teacher_weights(nnUNetTrainerDinoMix)  # the same file is short of a published ViT-S
-    assert check.status == FAIL and "vits16 has 12" in check.detail
-
-    class OwnFile(Pruned):
-        dinov3_weights = files["meta"]
-
-    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "missing.pth"))
-    assert check_teacher_weights(OwnFile).status == OK  # the trainer's own attribute wins over the environment
-    check = check_teacher_weights(Pruned)
-    assert check.status == FAIL and "licence-gated" in check.detail

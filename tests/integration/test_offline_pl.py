@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import DATASET_ID, TINY_PLANS, run_cli
+from support import DATASET_ID, TINY_PLANS, run_cli
 from nnunet_dinomix.offline_pl import case_agreement
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from conftest import (DATASET_ID, TINY_PLANS, checkpoint_with_plain_network, make_trainer, parameters_of,
+from support import (DATASET_ID, TINY_PLANS, checkpoint_with_plain_network, make_trainer, parameters_of,
                       started_trainer)
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.ssl.ema import ema_decay

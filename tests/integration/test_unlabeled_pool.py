@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from conftest import run_cli
+from support import run_cli
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.unlabeled.cli import main as cli_main
 from nnunet_dinomix.unlabeled.pool import open_pool
@@ -317,7 +317,7 @@ def test_killing_the_command_ends_its_workers(scratch):
     import subprocess
     import sys
     import time
-    from conftest import bin_path
+    from support import bin_path
     proc = subprocess.Popen([bin_path("dinomix_preprocess_unlabeled"), "-d", scratch["id"], "-np", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

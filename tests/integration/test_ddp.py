@@ -66,7 +66,7 @@ def _rank(rank: int, folder: str, dataset: str, plans: str) -> None:
 
 @pytest.mark.e2e
 def test_two_gloo_ranks_train_mean_teacher_and_dinomix(phantom_with_pool, dinov3_meta_file, tmp_path, monkeypatch):
-    from conftest import DATASET_ID, TINY_PLANS
+    from support import DATASET_ID, TINY_PLANS
     from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
     monkeypatch.setenv(WEIGHTS_ENV, dinov3_meta_file)
     monkeypatch.setenv("DINOMIX_SEED", "0")  # the worst case for per-rank sampling: one seed for both ranks

@@ -154,7 +154,7 @@ def test_convert_and_evaluate_commands(synapse_download, tmp_path):
     """The two commands as a user runs them: convert, then score two prediction folders with the report."""
     import shutil
 
-    from conftest import run_cli
+    from support import run_cli
     raw = tmp_path / "raw"
     out = run_cli("dinomix_convert", "synapse", "-i", synapse_download, "-d", 508, "-o", raw)
     assert "dinomix_preprocess_unlabeled -d 508" in out.stdout
@@ -194,7 +194,7 @@ def test_reproduce_recipe_plans_the_protocol(synapse_download, monkeypatch):
     numbers; the FKD trainer is refused without weights before anything runs."""
     import shutil
 
-    from conftest import run_cli
+    from support import run_cli
     raw = os.environ["nnUNet_raw"]
     folder = convert_synapse(str(synapse_download), raw, 509, verbose=False)
     try:

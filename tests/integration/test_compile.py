@@ -58,7 +58,7 @@ def test_compiled_dinomix_trains_with_its_tap_after_an_early_forward_and_does_no
     """The trainer with nnU-Net's own compile switched on (aot_eager: dynamo's tracing, where hooks are decided,
     without a C++ build of the whole network). A forward between initialize() and training, as nnU-Net's
     plot_network_architecture does with hiddenlayer installed, used to freeze the graph without the tap."""
-    from conftest import make_trainer
+    from support import make_trainer
     from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     import shutil
