@@ -23,9 +23,21 @@ import numpy as np
 import torch
 
 
-def build(trainer: str, dataset: str, configuration: str, plans: str, device: torch.device):
+@contextlib.contextmanager
+def nnunet_compile(on: bool):
+    """nnU-Net decides in ``_do_i_compile`` (from nnUNet_compile, and never on the CPU); force it either way."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    original = nnUNetTrainer._do_i_compile
+    nnUNetTrainer._do_i_compile = lambda self: on
+    try:
+        yield
+    finally:
+        nnUNetTrainer._do_i_compile = original
+
+
+def build(trainer: str, dataset: str, configuration: str, plans: str, device: torch.device, compiled: bool):
     from nnunetv2.run.run_training import get_trainer_from_args
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), nnunet_compile(compiled):
         t = get_trainer_from_args(dataset, configuration, "all", trainer, plans, device=device)
         t.disable_checkpointing = True
         if hasattr(t, "burn_in_steps"):  # time the semi-supervised step, not the supervised burn-in
@@ -85,6 +97,9 @@ def main(argv=None) -> int:
     p.add_argument("--random-teacher", default=None, metavar="DIR",
                    help="write a randomly initialised DINOv3 ViT-S/16 (Meta's .pth layout) into DIR and use it for the "
                         "FKD trainers: same cost as the real weights, no knowledge")
+    p.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                   help="nnU-Net's torch.compile of the network, forced off or on (both: every trainer twice); "
+                        "compilation falls into the warm-up iterations")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="afterwards, profile N iterations of the last trainer and add the top operators to the report")
     args = p.parse_args(argv)
@@ -98,7 +113,9 @@ def main(argv=None) -> int:
         os.environ["DINOMIX_DINOV3_WEIGHTS"] = write_meta_checkpoint(random_dinov3(), args.random_teacher)
         teacher_note = "randomly initialised ViT-S/16 (12 blocks) in Meta's .pth layout"
     device = torch.device(args.device)
-    trainers = {name: build(name, args.d, args.c, args.p, device) for name in args.trainers}
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    trainers = {name + (" (compiled)" if on and args.compile == "both" else ""):
+                build(name, args.d, args.c, args.p, device, on) for on in modes for name in args.trainers}
     times = {name: [] for name in trainers}
     peak = {}
     for name, t in trainers.items():
@@ -146,7 +163,7 @@ def main(argv=None) -> int:
         f"- date: {date.today().isoformat()}", f"- machine: {machine}", f"- torch {torch.__version__}",
         f"- command: `{command}`",
         f"- setting: dataset {args.d}, {args.c}, plans {args.p}; {header}; nnUNet_n_proc_DA="
-        f"{os.environ.get('nnUNet_n_proc_DA', 'default')}, nnUNet_compile={os.environ.get('nnUNet_compile', 'default')}",
+        f"{os.environ.get('nnUNet_n_proc_DA', 'default')}; torch.compile {args.compile}",
         f"- DINOv3 teacher (FKD trainers): {teacher_note}",
         f"- method: {args.warmup} warm-up iterations each, then {args.steps} iterations per trainer, taking turns "
         f"in one process; an iteration is next(dataloader_train) + train_step", "", *lines, "", *profile_lines])
