@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -249,7 +248,8 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
     for name in rows:
         cells = []
         for l in labels[1:]:
-            d = [metric(by[(l, s)], name) - metric(by[(ref, s)], name) for s in seeds if (l, s) in by and (ref, s) in by]
+            d = [metric(by[(l, s)], name) - metric(by[(ref, s)], name)
+                 for s in seeds if (l, s) in by and (ref, s) in by]
             cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(l == UPPER for l in labels):

@@ -88,7 +88,8 @@ def test_full_trainer_refuses_to_start_without_weights(phantom_with_pool, monkey
         t.on_train_start()
     assert t.network is None
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "nowhere.pth"))
-    with pytest.raises(DinoMixError, match="(?s)needs DINOv3 weights.*not found at .*nowhere.pth.*nnUNetTrainerDinoMixNoFKD"):
+    missing = "(?s)needs DINOv3 weights.*not found at .*nowhere.pth.*nnUNetTrainerDinoMixNoFKD"
+    with pytest.raises(DinoMixError, match=missing):
         _trainer("nnUNetTrainerDinoMix").on_train_start()
 
 
