@@ -154,7 +154,7 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
         run_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     tag = run.label.replace(" ", "_").replace("(", "").replace(")", "")
     if run.label == ANCHOR:
-        return _offline_pl_anchor(run, work, env, run_env, results, logs, tag)
+        return _offline_pl_anchor(run, work, env, run_env, logs, tag)
     resume = []
     if run.start_from is not None:  # the burn-in is the reference's: start from its snapshot, with nnU-Net's --c
         snapshot = wait_for_snapshot(run, work)
@@ -171,7 +171,7 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
     return score(run, work, env, run_env, logs, tag, run.dataset, train_s)
 
 
-def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], results: str, logs: str,
+def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str,
                        tag: str) -> dict:
     """FLARE22-style offline pseudo-labelling at the same total steps: the reference's snapshot at half the steps
     labels the unlabeled cases (dinomix_offline_pl), and plain nnU-Net trains on labeled + pseudo-labelled cases
