@@ -55,6 +55,7 @@ class Run:
     # shared burn-in: the reference keeps a snapshot at this epoch; a run with `start_from` starts from it
     snapshot_epoch: Optional[int] = None
     start_from: Optional["Run"] = None
+    reused: Optional[dict] = None  # --reference-from: the finished run's record (nothing is retrained)
     done: threading.Event = field(default_factory=threading.Event)
     started_at: float = 0.0
 
@@ -96,39 +97,79 @@ def parse_trainer(spec: str) -> tuple:
 def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, str]:
     """Phantom, nnU-Net plan + preprocess, tiny plans and the unlabeled pool; the all-labels twin if asked."""
     from nnunet_dinomix import demo
-    from nnunet_dinomix.paths import DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER
-    from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, write_phantom_dataset
+    from nnunet_dinomix.phantom.dataset import PhantomSplit, write_phantom_dataset
     env = demo._env(work, "cpu")
     for k in ("nnUNet_raw", "nnUNet_preprocessed"):
         os.makedirs(env[k], exist_ok=True)
     raw = write_phantom_dataset(env["nnUNet_raw"], DATASET, demo.DATASET_NAME, PhantomSplit(), seed=seed,
                                 config=config, verbose=False)
-    datasets = [DATASET]
-    if upper_bound:  # the same training images, every one with its true label
-        full = os.path.join(env["nnUNet_raw"], dataset_folder_name(FULL_DATASET, demo.DATASET_NAME + "Full"))
-        shutil.copytree(raw, full, ignore=shutil.ignore_patterns(UNLABELED_RAW_FOLDER, DIAGNOSTIC_LABELS_FOLDER))
-        for src, dst in ((UNLABELED_RAW_FOLDER, "imagesTr"), (DIAGNOSTIC_LABELS_FOLDER, "labelsTr")):
-            for f in os.listdir(os.path.join(raw, src)):
-                shutil.copy2(os.path.join(raw, src, f), os.path.join(full, dst, f))
-        with open(os.path.join(full, "dataset.json")) as f:
-            dataset_json = json.load(f)
-        dataset_json["numTraining"] = len(os.listdir(os.path.join(full, "labelsTr")))
-        with open(os.path.join(full, "dataset.json"), "w") as f:
-            json.dump(dataset_json, f, indent=1)
-        datasets.append(FULL_DATASET)
-    plan_env = dict(env, nnUNet_n_proc_DA="2")  # nnU-Net 2.8.1's planner fails with 0
-    for d in datasets:
-        demo.run([demo._bin("nnUNetv2_plan_and_preprocess"), "-d", str(d), "-c", demo.CONFIGURATION, "-np", "2"],
-                 plan_env, os.path.join(work, f"plan_{d}.log"))
-        demo.run([demo._bin("dinomix_plans_preset"), "-d", str(d), "--preset", "tiny_cpu"], env,
-                 os.path.join(work, f"preset_{d}.log"))
+    plan(work, env, DATASET)
     demo.run([demo._bin("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
              os.path.join(work, "pool.log"))
+    if upper_bound:
+        prepare_upper_bound(work, env, raw)
+    return env
+
+
+def plan(work: str, env: Dict[str, str], dataset: int) -> None:
+    from nnunet_dinomix import demo
+    plan_env = dict(env, nnUNet_n_proc_DA="2")  # nnU-Net 2.8.1's planner fails with 0
+    demo.run([demo._bin("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", demo.CONFIGURATION, "-np", "2"],
+             plan_env, os.path.join(work, f"plan_{dataset}.log"))
+    demo.run([demo._bin("dinomix_plans_preset"), "-d", str(dataset), "--preset", "tiny_cpu"], env,
+             os.path.join(work, f"preset_{dataset}.log"))
+
+
+def prepare_upper_bound(work: str, env: Dict[str, str], raw: str) -> None:
+    """The all-labels twin: the same training images, every one with its true label."""
+    from nnunet_dinomix import demo
+    from nnunet_dinomix.paths import DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER
+    from nnunet_dinomix.phantom.dataset import dataset_folder_name
+    full = os.path.join(env["nnUNet_raw"], dataset_folder_name(FULL_DATASET, demo.DATASET_NAME + "Full"))
+    shutil.copytree(raw, full, ignore=shutil.ignore_patterns(UNLABELED_RAW_FOLDER, DIAGNOSTIC_LABELS_FOLDER))
+    for src, dst in ((UNLABELED_RAW_FOLDER, "imagesTr"), (DIAGNOSTIC_LABELS_FOLDER, "labelsTr")):
+        for f in os.listdir(os.path.join(raw, src)):
+            shutil.copy2(os.path.join(raw, src, f), os.path.join(full, dst, f))
+    with open(os.path.join(full, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    dataset_json["numTraining"] = len(os.listdir(os.path.join(full, "labelsTr")))
+    with open(os.path.join(full, "dataset.json"), "w") as f:
+        json.dump(dataset_json, f, indent=1)
+    plan(work, env, FULL_DATASET)
+
+
+def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool) -> Dict[str, str]:
+    """``--reference-from``: the seed's phantom, plans, pool and the reference's results from a finished work
+    folder (copied, never moved), and the reference's record, so that new recipes are paired against the same
+    reference without retraining it. The all-labels twin is made here if asked and not there."""
+    from nnunet_dinomix import demo
+    from nnunet_dinomix.phantom.dataset import dataset_folder_name
+    old = os.path.join(source, f"seed_{reference.seed}")
+    with open(os.path.join(source, "records.json")) as f:
+        records = [r for r in json.load(f) if r["label"] == reference.label and r["seed"] == reference.seed]
+    if not records:
+        raise SystemExit(f"{source}/records.json has no record of '{reference.label}' for seed {reference.seed}")
+    env = demo._env(work, "cpu")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(os.path.join(old, name), env[name], symlinks=True)
+    shutil.copytree(results_folder(old, reference), results_folder(work, reference))
+    reference.reused = records[0]
+    # the reference's start, for the wall-clock of the runs that share its burn-in: nnU-Net's log is named by it
+    folder = fold_folder(results_folder(work, reference), reference.trainer)
+    log = sorted(f for f in os.listdir(folder) if f.startswith("training_log_"))[0]
+    started = time.strptime(log[len("training_log_"):-len(".txt")], "%Y_%m_%d_%H_%M_%S")
+    reference.started_at = time.mktime(started)
+    full = os.path.join(env["nnUNet_raw"], dataset_folder_name(FULL_DATASET, demo.DATASET_NAME + "Full"))
+    if upper_bound and not os.path.isdir(full):
+        prepare_upper_bound(work, env, os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET,
+                                                                                           demo.DATASET_NAME)))
     return env
 
 
 def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int) -> dict:
     try:
+        if run.reused is not None:
+            return run.reused
         return _train_and_score(run, work, env, epochs, iterations, threads)
     finally:
         run.done.set()
@@ -304,6 +345,10 @@ def main(argv=None) -> int:
                    help="the semi-supervised runs start from the reference's checkpoint at half the steps (their "
                         "burn-in, which with DINOMIX_SEED is the reference's first half anyway) instead of "
                         "repeating it; their burn_in_fraction must stay 0.5")
+    p.add_argument("--reference-from", metavar="WORK", default=None,
+                   help="pair new recipes against a finished run's reference instead of retraining it: copy each "
+                        "seed's phantom, plans, pool and the reference's model and burn-in snapshot from that work "
+                        "folder (needs --shared-burn-in, the same first trainer, --steps and --iterations)")
     p.add_argument("--name", default="ssl_quality_cpu")
     p.add_argument("--work", default=None, help="work folder [default: benchmarks/work/NAME]")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
@@ -326,14 +371,21 @@ def main(argv=None) -> int:
         p.error("--shared-burn-in needs an even number of epochs (--steps / --iterations)")
     if args.anchor and not args.shared_burn_in:
         p.error("--anchor needs --shared-burn-in (it starts from the reference's snapshot)")
+    if args.reference_from and not args.shared_burn_in:
+        p.error("--reference-from needs --shared-burn-in (the new runs start from the reference's snapshot)")
     start = time.time()
     envs, runs = {}, []
     for seed in args.seeds:
         seed_work = os.path.join(work, f"seed_{seed}")
-        print(f"seed {seed}: preparing the phantom, plans and pool", flush=True)
-        envs[seed] = prepare_seed(seed_work, seed, args.upper_bound, config)
         seed_runs = [Run(label, trainer, settings, DATASET, seed) for label, trainer, settings in specs
                      if seed == args.seeds[0] or label not in args.first_seed_only]
+        upper = args.upper_bound and (seed == args.seeds[0] or UPPER not in args.first_seed_only)
+        if args.reference_from:
+            print(f"seed {seed}: reusing {args.reference_from}'s phantom, pool and {seed_runs[0].label}", flush=True)
+            envs[seed] = reuse_seed(os.path.abspath(args.reference_from), seed_work, seed_runs[0], upper)
+        else:
+            print(f"seed {seed}: preparing the phantom, plans and pool", flush=True)
+            envs[seed] = prepare_seed(seed_work, seed, upper, config)
         if args.shared_burn_in:
             seed_runs[0].snapshot_epoch = epochs // 2
             for r in seed_runs[1:]:
@@ -342,7 +394,7 @@ def main(argv=None) -> int:
                 seed_runs.append(Run(ANCHOR, seed_runs[0].trainer, None, ANCHOR_DATASET, seed,
                                      start_from=seed_runs[0]))
         runs += seed_runs
-        if args.upper_bound and (seed == args.seeds[0] or UPPER not in args.first_seed_only):
+        if upper:
             runs.append(Run(UPPER, "nnUNetTrainerBudget", None, FULL_DATASET, seed))
     records = []
     runs.sort(key=lambda r: r.start_from is not None)  # references first: a waiting run never blocks its own
@@ -357,6 +409,8 @@ def main(argv=None) -> int:
                 print(f"  seed {failed.seed} {failed.label}: FAILED ({e}); see its log in the work folder", flush=True)
                 continue
             records.append(r)
+            if futures[future].reused is not None:
+                continue
             print(f"  seed {r['seed']} {r['label']}: foreground mean {100 * r['foreground_mean']:.1f}, "
                   f"{r['train_s'] / 60:.1f} min", flush=True)
             with open(os.path.join(work, "records.json"), "w") as f:

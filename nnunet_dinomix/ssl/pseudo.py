@@ -7,6 +7,10 @@ Two small stateful objects, both with a ``state_dict`` so that ``--c`` resumes t
   ``"class_adaptive"`` (per class, the running ``quantile`` of the teacher's confidence on the voxels it assigns
   to that class, capped at the global threshold). The global rule removes exactly the uncertain voxels of rare
   organs; the adaptive one keeps the most confident share of every class (FlexMatch-like, in voxels).
+  Optionally it is *gated* by class reliability (``reliable``, from :func:`class_reliability`): a class the model
+  does not yet segment on labeled data gives no pseudo-labels, and neither does background where such a class is
+  the teacher's runner-up. A confident confusion (one kidney called the other) passes every confidence rule; it
+  does not pass a Dice measured against ground truth [ours].
 * :class:`ClassBalance` turns a running pseudo-label histogram into class weights (DHC's DistDW,
   ``w_c = log(n_max / n_c)`` normalised to a maximum of ``K``), so that the majority class (background) ends near 0
   and a wrong background pseudo-label on a rare organ costs little.
@@ -15,7 +19,8 @@ Two small stateful objects, both with a ``state_dict`` so that ``--c`` resumes t
 """
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+import math
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -41,6 +46,8 @@ class PseudoLabeller:
         # running per-class confidence quantile; starts at the global threshold
         self.momentum = momentum
         self.class_thresholds = torch.full((num_classes,), float(threshold), dtype=torch.float64)
+        # (num_classes,) bool: classes whose pseudo-labels may be trusted; None: every class (no gate)
+        self.reliable: Optional[torch.Tensor] = None
 
     @torch.no_grad()
     def __call__(self, logits: torch.Tensor) -> PseudoLabels:
@@ -54,6 +61,8 @@ class PseudoLabeller:
             self._update_class_thresholds(confidence, labels)
             per_voxel = self.class_thresholds.to(confidence.device, confidence.dtype)[labels]
             mask = (confidence >= per_voxel).float()
+        if self.reliable is not None:
+            mask = mask * gate_mask(probs, labels, self.reliable.to(labels.device))
         return PseudoLabels(labels, confidence, mask)
 
     def _update_class_thresholds(self, confidence: torch.Tensor, labels: torch.Tensor) -> None:
@@ -71,6 +80,46 @@ class PseudoLabeller:
     def load_state_dict(self, state: Optional[Dict[str, object]]) -> None:
         if state is not None:
             self.class_thresholds = torch.as_tensor(state["class_thresholds"], dtype=torch.float64).clone()
+
+
+def gate_mask(probs: torch.Tensor, labels: torch.Tensor, reliable: torch.Tensor) -> torch.Tensor:
+    """(B, 1, *spatial) float: 1 where the pseudo-label ``labels`` may be trusted under the class gate.
+
+    A voxel labelled with an unreliable class is not trusted. Nor is a background voxel whose runner-up class is
+    unreliable: where the teacher cannot yet segment an organ, its "background" there is no evidence of absence
+    (a wrong background label on an organ teaches the student to erase it)."""
+    keep = reliable[labels]
+    if probs.shape[1] > 1 and not bool(reliable[1:].all()):
+        runner_up = probs.topk(2, dim=1).indices[:, 1:2]
+        keep = keep & ~((labels == 0) & ~reliable[runner_up])
+    return keep.to(probs.dtype)
+
+
+def class_reliability(history: Sequence[Sequence[float]], momentum: float = 0.5) -> torch.Tensor:
+    """Per foreground class, an exponential moving average over epochs of the model's Dice on labeled data
+    (nnU-Net's ``dice_per_class_or_region``, one list per epoch). A NaN (class neither present nor predicted in that
+    epoch's validation) leaves the average as it was; a class never measured gets NaN."""
+    if not history:
+        return torch.zeros(0, dtype=torch.float64)
+    average = torch.full((len(history[-1]),), float("nan"), dtype=torch.float64)
+    for epoch in history:
+        for c, d in enumerate(epoch):
+            d = float(d)
+            if math.isnan(d):
+                continue
+            previous = float(average[c])
+            average[c] = d if math.isnan(previous) else momentum * previous + (1 - momentum) * d
+    return average
+
+
+def reliable_classes(reliability: torch.Tensor, num_classes: int, threshold: float) -> torch.Tensor:
+    """(num_classes,) bool over background + foreground: background always, a foreground class once its
+    reliability (:func:`class_reliability`) reaches ``threshold``; all foreground closed before any measurement."""
+    reliable = torch.zeros(num_classes, dtype=torch.bool)
+    reliable[0] = True
+    if reliability.numel():
+        reliable[1:1 + reliability.numel()] = torch.nan_to_num(reliability, nan=-1.0) >= threshold
+    return reliable
 
 
 class ClassBalance:

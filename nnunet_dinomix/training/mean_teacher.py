@@ -33,7 +33,8 @@ from nnunet_dinomix.pic.cutmix import MixBatch, assemble, downsample_nearest
 from nnunet_dinomix.ssl.ema import ema_decay, ema_update, make_ema_teacher
 from nnunet_dinomix.ssl.losses import deep_supervision_sum, masked_dice_ce, unlabeled_loss
 from nnunet_dinomix.ssl.perturb import clipped_gaussian_noise
-from nnunet_dinomix.ssl.pseudo import ClassBalance, PseudoLabeller, PseudoLabels, pseudo_label_quality
+from nnunet_dinomix.ssl.pseudo import (ClassBalance, PseudoLabeller, PseudoLabels, class_reliability,
+                                       pseudo_label_quality, reliable_classes)
 from nnunet_dinomix.ssl.schedules import sigmoid_rampup
 from nnunet_dinomix.training.semi_supervised import as_list, nnUNetTrainerSemiSupervised
 
@@ -67,6 +68,10 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         self.confidence_rule: Optional[str] = "class_adaptive"  # None | global | class_adaptive
         self.confidence_threshold = 0.9  # global threshold, and the cap of the class-adaptive ones
         self.confidence_quantile = 0.5  # class_adaptive: trust the most confident half of each class
+        # class gate: a class gives pseudo-labels only once the model's Dice for it on labeled data (nnU-Net's
+        # online validation, averaged over epochs with class_gate_momentum) reaches class_gate_dice; None: no gate
+        self.class_gate_dice: Optional[float] = None
+        self.class_gate_momentum = 0.5
         self.student_noise_std = 0.1  # on nnU-Net's normalised intensities
         # a supervised nnU-Net checkpoint of this dataset to start from (burn-in skipped); None: the
         # -pretrained_weights of nnUNetv2_train's command line, if given
@@ -183,6 +188,24 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     def reset_teacher(self) -> None:
         self.ema_teacher.load_state_dict(self.student.state_dict())
 
+    def update_class_gate(self) -> None:
+        """Open or close each class's pseudo-labels from the Dice history nnU-Net logged (which ``--c`` restores, so
+        the gate needs no state of its own)."""
+        if self.class_gate_dice is None or self.pseudo_labeller is None:
+            return
+        history = list(self.logger.get_value("dice_per_class_or_region", step=None))[:self.current_epoch]
+        reliability = class_reliability(history, self.class_gate_momentum)
+        self.pseudo_labeller.reliable = reliable_classes(
+            reliability, self.label_manager.num_segmentation_heads, self.class_gate_dice)
+        if self.global_step >= self.burn_in_length():
+            closed = [n for n, ok in zip(self.class_names(), self.pseudo_labeller.reliable[1:].tolist()) if not ok]
+            self.print_to_log_file(f"Class gate (Dice >= {self.class_gate_dice} on labeled data): closed "
+                                   f"{', '.join(closed) if closed else 'none'}")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.update_class_gate()
+
     def initialize(self):
         super().initialize()
         num_classes = self.label_manager.num_segmentation_heads
@@ -252,7 +275,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             f"Recipe: burn-in {self.burn_in_length()} of {self.total_steps} iterations; unlabeled loss "
             f"{self.unsup_loss} x {self.unsup_weight_max} (ramp {self.unsup_rampup_fraction} of the rest), class "
             f"weighting {self.unsup_class_weighting}, confidence rule {self.confidence_rule} "
-            f"({self.confidence_threshold}); mixer {type(self.mixer).__name__ if self.mixer else None}")
+            f"({self.confidence_threshold}), class gate {self.class_gate_dice}; mixer {type(self.mixer).__name__ if self.mixer else None}")
 
     # ------------------------------------------------------------------ logging and pseudo-label diagnostics
     def log_keys(self) -> Tuple[str, ...]:

@@ -94,6 +94,28 @@ def test_a_burn_in_longer_than_the_run_is_refused(phantom_with_pool):
     assert t.network is None
 
 
+def test_class_gate_follows_nnunet_logged_dice_and_masks_closed_classes(started):
+    """The gate reads the Dice nnU-Net's validation logged (through its real logger) at each epoch start: a class
+    below ``class_gate_dice`` gives no trusted pseudo-label, and with every class closed only background whose
+    runner-up is a closed class is dropped, so nothing at all is trusted."""
+    t = started
+    names = t.class_names()
+    t.class_gate_dice = 0.8
+    liver_only = [0.95] + [0.1] * (len(names) - 1)
+    t.logger.log("dice_per_class_or_region", liver_only, 0)
+    t.current_epoch = 1
+    t.on_train_epoch_start()
+    assert t.pseudo_labeller.reliable.tolist() == [True, True] + [False] * (len(names) - 1)
+    out = t.train_step(next(t.dataloader_train))
+    trusted_per_class = out["pl_counts"][1]  # trusted pseudo-labels per class
+    assert trusted_per_class[1] > 0 and trusted_per_class[2:].sum() == 0
+    t.logger.log("dice_per_class_or_region", [0.0] * len(names), 1)
+    t.current_epoch = 2
+    t.on_train_epoch_start()  # liver's average falls to 0.475: closed as well
+    assert not t.pseudo_labeller.reliable[1:].any()
+    assert t.train_step(next(t.dataloader_train))["pl_counts"][1].sum() == 0
+
+
 def test_checkpoint_keeps_network_weights_plain_and_restores_teacher(started, tmp_path):
     t = started
     t.train_step(next(t.dataloader_train))

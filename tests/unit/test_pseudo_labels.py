@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nnunet_dinomix.ssl.losses import masked_cross_entropy, unlabeled_loss
-from nnunet_dinomix.ssl.pseudo import ClassBalance, PseudoLabeller, pseudo_label_quality
+from nnunet_dinomix.ssl.pseudo import (ClassBalance, PseudoLabeller, class_reliability, pseudo_label_quality,
+                                       reliable_classes)
 
 
 def _logits(confidences, labels, num_classes=3):
@@ -47,6 +48,37 @@ def test_class_adaptive_rule_keeps_the_confident_share_of_a_rare_uncertain_class
     restored = PseudoLabeller(3, "class_adaptive", 0.9)
     restored.load_state_dict(adaptive.state_dict())
     assert torch.equal(restored.class_thresholds, adaptive.class_thresholds)
+
+
+def test_class_gate_drops_unreliable_classes_and_background_next_to_them():
+    """Classes 0, 1, 2 with class 2 not yet reliable: a confident class-2 label is dropped (a confident confusion
+    passes the confidence rule), and so is background whose runner-up is class 2; background whose runner-up is
+    the reliable class 1 stays, and so does a confident class-1 label."""
+    probs = torch.tensor([[0.98, 0.01, 0.01],  # background, its runner-up a tie (not asserted)
+                          [0.01, 0.98, 0.01],  # class 1
+                          [0.01, 0.01, 0.98],  # class 2 (unreliable)
+                          [0.96, 0.01, 0.03],  # background, runner-up 2
+                          [0.96, 0.03, 0.01]])  # background, runner-up 1
+    logits = probs.t().reshape(1, 3, 5, 1, 1).log()
+    labeller = PseudoLabeller(3, "global", threshold=0.9)
+    ungated = labeller(logits).mask.flatten().tolist()
+    labeller.reliable = torch.tensor([True, True, False])
+    gated = labeller(logits).mask.flatten().tolist()
+    assert ungated == [1.0] * 5
+    assert gated[1:] == [1.0, 0.0, 0.0, 1.0]
+    labeller.reliable = torch.tensor([True, True, True])
+    assert labeller(logits).mask.flatten().tolist() == ungated
+
+
+def test_class_reliability_averages_over_epochs_and_skips_nan():
+    history = [[0.0, float("nan")], [0.8, float("nan")], [1.0, 0.9]]
+    r = class_reliability(history, momentum=0.5)
+    assert r[0].item() == pytest.approx(0.5 * (0.5 * 0.0 + 0.5 * 0.8) + 0.5 * 1.0)
+    assert r[1].item() == pytest.approx(0.9)  # first measurement starts the average
+    assert class_reliability([]).numel() == 0
+    assert reliable_classes(r, 3, 0.8).tolist() == [True, False, True]
+    assert reliable_classes(torch.tensor([float("nan"), 0.99]), 3, 0.8).tolist() == [True, False, True]
+    assert reliable_classes(class_reliability([]), 3, 0.8).tolist() == [True, False, False]
 
 
 def test_unknown_rule_is_refused():
