@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     work = args.work or os.path.join(HERE, "work", args.name)
     out = os.path.join(HERE, "results", args.name + ".md")
 
-    from nnunet_dinomix import demo, discovery
+    from nnunet_dinomix import commands, discovery
+
+    from nnunet_dinomix.cli import demo
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
     os.makedirs(work, exist_ok=True)
@@ -57,12 +59,13 @@ def main(argv=None) -> int:
                       "--trainers", *args.trainers] + (["--parallel"] if args.parallel else []))
     if code:
         return code
-    report = open(os.path.join(work, "demo", "report", "dice.md")).read()
+    with open(os.path.join(work, "demo", "report", "report.md")) as f:
+        report = f.read().split("\n## ASD")[0].split("\n", 2)[2]  # the Dice table, without the report's title
     plans = demo.PLANS if args.plans == "tiny" else "nnUNetPlans"
 
     step_table = "(skipped)"
     if args.steps > 0:
-        env = demo._env(os.path.join(work, "demo"), args.device)
+        env = commands.nnunet_env(os.path.join(work, "demo"), args.device)
         env.setdefault("nnUNet_n_proc_DA", "0" if args.device == "cpu" else "4")
         step_out = os.path.join(work, "step_time.md")
         base = [t[:-len("Budget")] if t.endswith("Budget") else t for t in args.trainers]

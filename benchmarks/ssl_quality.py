@@ -34,6 +34,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nnunet_dinomix.cli import demo
+from nnunet_dinomix.commands import executable as exe, nnunet_env, run
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget"]
 UPPER = "upper bound (all labels)"
@@ -61,7 +64,6 @@ class Run:
 
 
 def fold_folder(results: str, trainer: str) -> str:
-    from nnunet_dinomix import demo
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     return os.path.join(results, dataset_folder_name(DATASET, demo.DATASET_NAME),
                         f"{trainer}__{demo.PLANS}__{demo.CONFIGURATION}", "fold_all")
@@ -96,15 +98,14 @@ def parse_trainer(spec: str) -> tuple:
 
 def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, str]:
     """Phantom, nnU-Net plan + preprocess, tiny plans and the unlabeled pool; the all-labels twin if asked."""
-    from nnunet_dinomix import demo
     from nnunet_dinomix.phantom.dataset import PhantomSplit, write_phantom_dataset
-    env = demo._env(work, "cpu")
+    env = nnunet_env(work, "cpu")
     for k in ("nnUNet_raw", "nnUNet_preprocessed"):
         os.makedirs(env[k], exist_ok=True)
     raw = write_phantom_dataset(env["nnUNet_raw"], DATASET, demo.DATASET_NAME, PhantomSplit(), seed=seed,
                                 config=config, verbose=False)
     plan(work, env, DATASET)
-    demo.run([demo._bin("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
+    run([exe("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
              os.path.join(work, "pool.log"))
     if upper_bound:
         prepare_upper_bound(work, env, raw)
@@ -112,17 +113,15 @@ def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, s
 
 
 def plan(work: str, env: Dict[str, str], dataset: int) -> None:
-    from nnunet_dinomix import demo
     plan_env = dict(env, nnUNet_n_proc_DA="2")  # nnU-Net 2.8.1's planner fails with 0
-    demo.run([demo._bin("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", demo.CONFIGURATION, "-np", "2"],
+    run([exe("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", demo.CONFIGURATION, "-np", "2"],
              plan_env, os.path.join(work, f"plan_{dataset}.log"))
-    demo.run([demo._bin("dinomix_plans_preset"), "-d", str(dataset), "--preset", "tiny_cpu"], env,
+    run([exe("dinomix_plans_preset"), "-d", str(dataset), "--preset", "tiny_cpu"], env,
              os.path.join(work, f"preset_{dataset}.log"))
 
 
 def prepare_upper_bound(work: str, env: Dict[str, str], raw: str) -> None:
     """The all-labels twin: the same training images, every one with its true label."""
-    from nnunet_dinomix import demo
     from nnunet_dinomix.paths import DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     full = os.path.join(env["nnUNet_raw"], dataset_folder_name(FULL_DATASET, demo.DATASET_NAME + "Full"))
@@ -142,14 +141,13 @@ def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool) -> Dic
     """``--reference-from``: the seed's phantom, plans, pool and the reference's results from a finished work
     folder (copied, never moved), and the reference's record, so that new recipes are paired against the same
     reference without retraining it. The all-labels twin is made here if asked and not there."""
-    from nnunet_dinomix import demo
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     old = os.path.join(source, f"seed_{reference.seed}")
     with open(os.path.join(source, "records.json")) as f:
         records = [r for r in json.load(f) if r["label"] == reference.label and r["seed"] == reference.seed]
     if not records:
         raise SystemExit(f"{source}/records.json has no record of '{reference.label}' for seed {reference.seed}")
-    env = demo._env(work, "cpu")
+    env = nnunet_env(work, "cpu")
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         shutil.copytree(os.path.join(old, name), env[name], symlinks=True)
     shutil.copytree(results_folder(old, reference), results_folder(work, reference))
@@ -176,7 +174,6 @@ def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, itera
 
 
 def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int) -> dict:
-    from nnunet_dinomix import demo
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     results = results_folder(work, run)
     logs = os.path.join(work, "logs")
@@ -203,7 +200,7 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
         shutil.copy2(snapshot, os.path.join(fold_folder(results, run.trainer), "checkpoint_latest.pth"))
         resume = ["--c"]
     start = run.started_at = time.time()
-    demo.run([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
+    run([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
               "all", "-tr", run.trainer, "-p", demo.PLANS, "-device", "cpu"] + resume, run_env,
              os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start
@@ -217,7 +214,6 @@ def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[s
     """FLARE22-style offline pseudo-labelling at the same total steps: the reference's snapshot at half the steps
     labels the unlabeled cases (dinomix_offline_pl), and plain nnU-Net trains on labeled + pseudo-labelled cases
     from scratch for the other half."""
-    from nnunet_dinomix import demo
     snapshot = wait_for_snapshot(run, work)
     ref = run.start_from
     ref_results = results_folder(work, ref)
@@ -225,7 +221,7 @@ def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[s
     anchor_env = dict(run_env, nnUNet_results=ref_results, DINOMIX_NUM_EPOCHS=str(ref.snapshot_epoch))
     anchor_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     start = time.time()
-    demo.run([demo._bin("dinomix_offline_pl"), "-d", str(DATASET), "-p", demo.PLANS, "-c", demo.CONFIGURATION,
+    run([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", demo.PLANS, "-c", demo.CONFIGURATION,
               "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
               str(ANCHOR_DATASET), "-device", "cpu", "--disable_tta", "-np", "1"], anchor_env,
              os.path.join(logs, f"train_{tag}.log"))
@@ -236,21 +232,20 @@ def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[s
 def score(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str, tag: str, dataset: int,
           train_s: float) -> dict:
     """Predict the held-out cases with the run's model (of ``dataset``) and score them against the truth."""
-    from nnunet_dinomix import demo
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET, demo.DATASET_NAME))
     prediction = os.path.join(work, "predictions", tag)
-    demo.run([demo._bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
+    run([exe("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
               str(dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", demo.PLANS,
               "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], run_env,
              os.path.join(logs, f"predict_{tag}.log"))
     plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET, demo.DATASET_NAME),
                               demo.PLANS + ".json")
-    demo.run([demo._bin("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction, "-djfile",
+    run([exe("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction, "-djfile",
               os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], run_env,
              os.path.join(logs, f"evaluate_{tag}.log"))
     from nnunet_dinomix.phantom.generator import LABELS
-    from nnunet_dinomix.report import load_summary, per_class_dice
+    from nnunet_dinomix.evaluation.report import load_summary, per_class_dice
     summary = load_summary(os.path.join(prediction, "summary.json"))
     return {"label": run.label, "seed": run.seed, "dice": per_class_dice(summary, LABELS),
             "foreground_mean": float(summary["foreground_mean"]["Dice"]), "train_s": train_s}
@@ -420,10 +415,9 @@ def main(argv=None) -> int:
 
 
 def write_result(args, argv, work: str, records: List[dict], start: float) -> int:
-    from nnunet_dinomix import demo
     from nnunet_dinomix.phantom.dataset import dataset_folder_name, summarise_labels
     from nnunet_dinomix.phantom.generator import PhantomConfig
-    from nnunet_dinomix.report import rarest_classes
+    from nnunet_dinomix.evaluation.report import tail_classes
     config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
     specs = [parse_trainer(t) for t in args.trainers]
     labels = [s[0] for s in specs] + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else [])
@@ -431,7 +425,7 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     epochs = args.steps // args.iterations
     labels_tr = os.path.join(work, f"seed_{args.seeds[0]}", "nnUNet_raw",
                              dataset_folder_name(DATASET, demo.DATASET_NAME), "labelsTr")
-    tail = rarest_classes(summarise_labels([os.path.join(labels_tr, f) for f in sorted(os.listdir(labels_tr))]))
+    tail = tail_classes(summarise_labels([os.path.join(labels_tr, f) for f in sorted(os.listdir(labels_tr))]))
     command = "python benchmarks/ssl_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"# Semi-supervised quality on held-out phantom cases: {args.name}", "",
               f"- date: {date.today().isoformat()}",

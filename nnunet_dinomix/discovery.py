@@ -57,8 +57,3 @@ def check_dinov3_weights(trainers) -> None:
                 resolve_weights(getattr(cls, "dinov3_weights", None))
             except DinoMixError as e:
                 raise DinoMixError(f"{name} distils from DINOv3 and would need DINOv3 weights. {e}") from e
-
-
-def print_trainer_dir() -> None:
-    """``dinomix_trainer_dir``: use as ``export nnUNet_extTrainer=$(dinomix_trainer_dir)``."""
-    print(trainer_dir())

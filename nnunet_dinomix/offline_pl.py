@@ -1,4 +1,4 @@
-"""``dinomix_offline_pl``: offline pseudo-labelling rounds with nnU-Net's own commands (the FLARE22 winners' recipe,
+"""Offline pseudo-labelling rounds (``dinomix_offline_pl``) with nnU-Net's own commands (the FLARE22 winners' recipe,
 and what nnU-Net's maintainers advise for unlabeled data).
 
 Round r (1..N), each step a command a user could type:
@@ -16,19 +16,18 @@ The last round's model predicts like any nnU-Net model (``nnUNetv2_predict -d TA
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import shutil
 import subprocess
-import sys
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from nnunet_dinomix import paths
-from nnunet_dinomix.errors import DinoMixError, command
+from nnunet_dinomix.commands import executable
+from nnunet_dinomix.errors import DinoMixError
 
 
 def link_or_copy(src: str, dst: str) -> None:
@@ -89,35 +88,10 @@ def build_dataset(source_raw: str, target_raw: str, pseudo_folder: str, unlabele
     return len(labeled) + len(kept)
 
 
-@command
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="dinomix_offline_pl", description=__doc__.split("\n\n")[0])
-    p.add_argument("-d", required=True, help="source dataset (name or ID) with its unlabeled images")
-    p.add_argument("-c", default="3d_fullres")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier [default: nnUNetPlans]")
-    p.add_argument("-tr", default="nnUNetTrainer", help="trainer of the supervised model that labels round 1")
-    p.add_argument("-f", default="0", help="fold of that model, also trained in every round [default: 0]")
-    p.add_argument("-chk", default="checkpoint_final.pth",
-                   help="checkpoint of the -tr model that labels round 1 [default: checkpoint_final.pth]")
-    p.add_argument("--train_trainer", default=None, help="trainer of every round [default: -tr]")
-    p.add_argument("--target_id", type=int, required=True, help="dataset ID of round 1; round r uses ID + r - 1")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--drop_unstable", type=float, default=0.0,
-                   help="from round 2, drop this fraction of cases whose labels changed most [default: 0]")
-    p.add_argument("-i", default=None, help=f"unlabeled images [default: nnUNet_raw/DATASET/{paths.UNLABELED_RAW_FOLDER}]")
-    p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"))
-    p.add_argument("--disable_tta", action="store_true", help="pseudo-label without test-time mirroring")
-    p.add_argument("-np", type=int, default=4, help="preprocessing workers")
-    args = p.parse_args(argv)
-
-    return run_rounds(args)
-
-
 def run_command(cmd: List[str]) -> None:
     """Run one nnU-Net command with its own output on the console; a failure stops the rounds."""
-    from nnunet_dinomix.demo import _bin
     print("$ " + shlex.join(cmd), flush=True)
-    code = subprocess.run([_bin(cmd[0])] + cmd[1:]).returncode
+    code = subprocess.run([executable(cmd[0])] + cmd[1:]).returncode
     if code:
         raise DinoMixError(f"{cmd[0]} failed (exit code {code}); the rounds stop here. Datasets written so far are kept.")
 
@@ -186,6 +160,3 @@ def run_rounds(args) -> int:
           f"{train_trainer} -p {args.p} -i ... -o ...")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

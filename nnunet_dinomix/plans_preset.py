@@ -1,4 +1,4 @@
-"""``dinomix_plans_preset``: derive a smaller plans file from a dataset's nnU-Net plans.
+"""Derive a smaller plans file from a dataset's nnU-Net plans (the library behind ``dinomix_plans_preset``).
 
 nnU-Net's documented way to change an architecture is a new plans file under a new plans identifier, trained
 with ``-p``. A preset (``plans/*.json``) shrinks the patch to a voxel budget and caps the feature widths; the
@@ -8,16 +8,14 @@ the already preprocessed data (labeled and unlabeled). The source plans file is 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import sys
 from typing import Optional
 
 import numpy as np
 
-from nnunet_dinomix.errors import DinoMixError, command
+from nnunet_dinomix.errors import DinoMixError
 
 _PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 _MIN_FEATURE_MAP_EDGE = 4  # nnU-Net's ExperimentPlanner.UNet_featuremap_min_edge_length
@@ -108,30 +106,3 @@ def write_derived_plans(dataset: str, preset_name: str, source_plans: str = "nnU
                            f"Nothing was written. Pass --overwrite to replace it.")
     save_json(derived, target, sort_keys=False)
     return target
-
-
-@command
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dinomix_plans_preset",
-        description="Write a derived plans file (e.g. a network small enough for a CPU) next to a dataset's plans. "
-                    "Train with nnUNetv2_train ... -p <new plans name>. Preprocessed data is shared with the source "
-                    "plans.")
-    parser.add_argument("-d", required=True, help="dataset name or ID")
-    parser.add_argument("--preset", default="tiny_cpu", help="shipped preset name or path to a preset JSON "
-                                                               "[default: tiny_cpu]")
-    parser.add_argument("-p", "--source_plans", default="nnUNetPlans", help="plans to derive from [default: nnUNetPlans]")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing derived plans file")
-    args = parser.parse_args(argv)
-    target = write_derived_plans(args.d, args.preset, args.source_plans, args.overwrite)
-    plans = json.load(open(target))
-    for name, conf in plans["configurations"].items():
-        if "patch_size" in conf and "architecture" in conf:
-            print(f"{name}: patch {conf['patch_size']}, batch {conf['batch_size']}, features "
-                  f"{conf['architecture']['arch_kwargs']['features_per_stage']}")
-    print(f"Wrote {target}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

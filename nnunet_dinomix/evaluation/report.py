@@ -1,33 +1,31 @@
-"""``dinomix_evaluate``: the benchmark report for any nnU-Net dataset and any set of trained trainers.
+"""The package's one evaluation report (``dinomix_evaluate``, ``dinomix_demo`` and the benchmarks).
 
 For the test cases: per-class Dice, ASD and HD95 in millimetres (spacing-aware), and Dice and ASD in voxels as the
-DHC/DINO-Mix benchmark scores them; classes grouped into head and tail by their share of the training labels'
-foreground voxels (tail: below the mean share, i.e. below 1/K of the foreground); a markdown and CSV table, a
-per-case CSV, and two charts (per-class Dice per trainer; Dice against class frequency). Published numbers of
-another protocol can be shown beside ours, marked as such.
+DHC/DINO-Mix benchmark scores them; a markdown and CSV table, a per-case CSV, and two charts (per-class Dice per
+trainer; Dice against class frequency). Published numbers of another protocol can be shown beside ours, marked as
+such.
 
-    dinomix_evaluate -ref nnUNet_raw/Dataset123_X/labelsTs -djfile nnUNet_raw/Dataset123_X/dataset.json \\
-        -pred nnUNet=pred_plain DINO-Mix=pred_dinomix -train_labels nnUNet_raw/Dataset123_X/labelsTr \\
-        --published synapse_20 -o report
+**The tail**, everywhere in this package: the :data:`TAIL_SIZE` foreground classes with the fewest voxels in the
+labeled training cases (:func:`tail_classes`); the head is the rest. The benchmarks' "mean of the 3 rarest
+classes" is the tail mean of this report. nnU-Net's own ``summary.json`` is read by :func:`per_class_dice`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_dinomix.errors import DinoMixError, command
+from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.evaluation.metrics import case_scores
 from nnunet_dinomix.evaluation.published import published_columns
 
 METRICS = ("dice", "asd_mm", "hd95_mm", "dice_benchmark", "asd_voxels")
+TAIL_SIZE = 3
 
 
 def read_labels(dataset_json: Mapping) -> Dict[str, int]:
@@ -58,11 +56,36 @@ def class_voxel_shares(label_files: Sequence[str], labels: Mapping[str, int]) ->
     return {name: (c / total if total else float("nan")) for name, c in counts.items()}
 
 
-def head_and_tail(shares: Mapping[str, float]) -> Tuple[List[str], List[str]]:
-    """Tail: classes below the mean foreground share (1/K); head: the others."""
-    threshold = 1.0 / len(shares)
-    tail = [k for k, s in shares.items() if s < threshold]
-    return [k for k in shares if k not in tail], tail
+def tail_classes(amounts: Mapping[str, float], n: int = TAIL_SIZE) -> List[str]:
+    """The ``n`` foreground classes with the smallest ``amounts`` (voxel counts or shares of the labeled training
+    cases), rarest first; ``background`` is never one of them."""
+    foreground = {k: v for k, v in amounts.items() if k != "background"}
+    return sorted(foreground, key=lambda k: foreground[k])[:n]
+
+
+def head_and_tail(shares: Mapping[str, float], n: int = TAIL_SIZE) -> Tuple[List[str], List[str]]:
+    """``(head, tail)``: the tail by :func:`tail_classes`, the head the others, each in label order."""
+    tail = set(tail_classes(shares, n))
+    return [k for k in shares if k not in tail], [k for k in shares if k in tail]
+
+
+def load_summary(path: str) -> dict:
+    """nnU-Net's ``summary.json`` (``nnUNetv2_evaluate_folder``)."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def per_class_dice(summary: dict, labels: Mapping[str, int]) -> Dict[str, float]:
+    """Mean Dice per class name from nnU-Net's ``summary.json`` (keys are label values as strings); NaN where the
+    class is absent from prediction and reference in every case."""
+    means = summary["mean"]
+    out = {}
+    for name, value in labels.items():
+        if name == "background" or isinstance(value, (list, tuple)):
+            continue
+        entry = means.get(str(value), means.get(value))
+        out[name] = float("nan") if entry is None else float(entry["Dice"])
+    return out
 
 
 def _score_case(args) -> List[dict]:
@@ -127,6 +150,9 @@ def markdown(summary, labels: Mapping[str, int], shares: Optional[Mapping[str, f
              published: Mapping[str, Mapping[int, float]], title: str) -> str:
     trainers = list(summary)
     lines = [f"# {title}", ""]
+    if shares and tail:
+        lines += [f"Tail: the {len(tail)} classes with the fewest voxels in the labeled training cases "
+                  f"({', '.join(tail)}).", ""]
     for metric, header, scale in (("dice", "Dice (%)", 100), ("asd_mm", "ASD (mm)", 1), ("hd95_mm", "HD95 (mm)", 1),
                                   ("dice_benchmark", "Dice (%), benchmark convention", 100),
                                   ("asd_voxels", "ASD (voxels), benchmark convention", 1)):
@@ -155,12 +181,36 @@ def markdown(summary, labels: Mapping[str, int], shares: Optional[Mapping[str, f
     return "\n".join(lines)
 
 
+def plot_bars(rows: Sequence[dict], trainers: Sequence[str], path: str, title: str = "") -> None:
+    """Grouped bars: one group per row (``{'class': name, trainer: dice}``), one bar per trainer."""
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    classes = [r["class"] for r in rows]
+    x = np.arange(len(classes))
+    width = 0.8 / len(trainers)
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(classes)), 4.5))
+    for i, t in enumerate(trainers):
+        values = [0 if math.isnan(r[t]) else 100 * r[t] for r in rows]
+        ax.bar(x + (i - (len(trainers) - 1) / 2) * width, values, width, label=t)
+    ax.set_xticks(x)
+    ax.set_xticklabels(classes, rotation=30, ha="right")
+    ax.set_ylabel("Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot(summary, labels, shares, path_bars: str, path_frequency: Optional[str]) -> None:
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
-    from nnunet_dinomix.report import plot_bars
     trainers, classes = list(summary), list(labels)
     plot_bars([{"class": c, **{t: summary[t][c]["dice"] for t in trainers}} for c in classes], trainers, path_bars,
               "Per-class Dice on the test cases")
@@ -180,10 +230,13 @@ def plot(summary, labels, shares, path_bars: str, path_frequency: Optional[str])
         plt.close(fig)
 
 
-def write_report(rows, labels, shares, published, output: str, title: str) -> Dict[str, str]:
+def write_report(rows, labels, shares, published, output: str, title: str,
+                 tail_size: int = TAIL_SIZE) -> Dict[str, str]:
+    """Write ``report.md``, ``per_class.csv``, ``per_case.csv``, ``dice.png`` and, with ``shares`` (of the training
+    labels' voxels, which define the tail), ``dice_vs_frequency.png``; return the paths."""
     os.makedirs(output, exist_ok=True)
     summary = summarise(rows)
-    tail = head_and_tail(shares)[1] if shares else []
+    tail = head_and_tail(shares, tail_size)[1] if shares else []
     paths = {k: os.path.join(output, f) for k, f in (("md", "report.md"), ("csv", "per_class.csv"),
                                                       ("cases", "per_case.csv"), ("bars", "dice.png"),
                                                       ("frequency", "dice_vs_frequency.png"))}
@@ -205,49 +258,3 @@ def write_report(rows, labels, shares, published, output: str, title: str) -> Di
     if not shares:
         del paths["frequency"]
     return paths
-
-
-@command
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dinomix_evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-ref", required=True, help="folder with the reference segmentations (e.g. labelsTs)")
-    parser.add_argument("-pred", required=True, nargs="+", metavar="NAME=FOLDER",
-                        help="prediction folders, each named (e.g. nnUNetTrainer=pred_plain)")
-    parser.add_argument("-djfile", required=True, help="the dataset's dataset.json (labels, file ending)")
-    parser.add_argument("-train_labels", default=None, help="labelsTr, for the head/tail grouping by voxel share")
-    parser.add_argument("--published", default=None, help="show published numbers of a setting, e.g. synapse_20, "
-                                                          "amos_5 (marked as another protocol)")
-    parser.add_argument("-o", default="evaluation", help="output folder [default: ./evaluation]")
-    parser.add_argument("-np", type=int, default=1, help="worker processes [default: 1]")
-    parser.add_argument("--title", default=None)
-    args = parser.parse_args(argv)
-    try:
-        predictions = {}
-        for item in args.pred:
-            name, sep, folder = item.partition("=")
-            if not sep or not name or not os.path.isdir(folder):
-                raise DinoMixError(f"-pred {item}: expected NAME=FOLDER with an existing folder.")
-            predictions[name] = folder
-        with open(args.djfile) as f:
-            dataset_json = json.load(f)
-        labels = read_labels(dataset_json)
-        ending = dataset_json["file_ending"]
-        rows = collect(args.ref, predictions, labels, ending, args.np)
-        shares = None
-        if args.train_labels:
-            files = [os.path.join(args.train_labels, f) for f in sorted(os.listdir(args.train_labels))
-                     if f.endswith(ending)]
-            shares = class_voxel_shares(files, labels)
-        published = published_columns(args.published, list(labels.values()))
-        title = args.title or f"Per-class evaluation of {len(rows) // max(len(labels) * len(predictions), 1)} " \
-                              f"test cases"
-        paths = write_report(rows, labels, shares, published, args.o, title)
-    except ValueError as e:  # bad --published / label values
-        raise DinoMixError(str(e)) from e
-    print(open(paths["md"]).read())
-    print("Wrote " + ", ".join(paths.values()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ def test_wheel_contents(wheel):
                      "nnunet_dinomix/training/mean_teacher.py", "nnunet_dinomix/unlabeled/preprocess.py",
                      "nnunet_dinomix/training/dinomix.py", "nnunet_dinomix/pic/cutmix.py",
                      "nnunet_dinomix/fkd/distiller.py", "nnunet_dinomix/evaluation/metrics.py",
-                     "nnunet_dinomix/convert/splits.py"):
+                     "nnunet_dinomix/convert/splits.py", "nnunet_dinomix/cli/preprocess_unlabeled.py"):
         assert expected in names
     assert not any(n.startswith(("tests/", "trainers/", "plans/")) for n in names)
 
@@ -68,3 +68,24 @@ def test_components_that_need_no_nnunet_do_not_import_it():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == ""  # neither nnU-Net nor timm (imported only when a teacher is built)
+
+
+def test_library_code_never_imports_a_command_module():
+    """Commands (nnunet_dinomix/cli) call the library; the library, trainers included, never calls back."""
+    import ast
+    package = os.path.join(ROOT, "nnunet_dinomix")
+    offenders = []
+    for folder, _, files in os.walk(package):
+        if os.path.relpath(folder, package).split(os.sep)[0] == "cli":
+            continue
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path).read())):
+                imported = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    imported = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    imported = [a.name for a in node.names]
+                if any(m == "nnunet_dinomix.cli" or m.startswith("nnunet_dinomix.cli.") for m in imported):
+                    offenders.append(os.path.relpath(path, ROOT))
+    assert offenders == []

@@ -7,9 +7,9 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
+from nnunet_dinomix.cli.plans_preset import main as preset_main
 from nnunet_dinomix.errors import DinoMixError
-from nnunet_dinomix.plans_preset import derive_plans, load_preset, main as preset_main, shrink_patch, \
-    write_derived_plans
+from nnunet_dinomix.plans_preset import derive_plans, load_preset, shrink_patch, write_derived_plans
 
 
 def _big_plans():

@@ -26,7 +26,7 @@ def test_every_trainer_has_a_budget_twin_and_nnunet_finds_each_by_name(monkeypat
 
 
 def test_doctor_on_trainers_names_what_each_needs(monkeypatch):
-    from nnunet_dinomix.doctor import FAIL, OK, WARN, check_trainer, run_checks
+    from nnunet_dinomix.cli.doctor import FAIL, OK, WARN, check_trainer, run_checks
     from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
     monkeypatch.setenv(discovery.ENV, discovery.trainer_dir())
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
@@ -47,7 +47,7 @@ def test_doctor_calls_weights_ok_only_if_the_trainer_would_load_them(tmp_path, m
     reference = random_dinov3(depth=DEPTH)  # shallow: a published ViT-S has 12 blocks
     files = {"hf": hf_folder(reference, tmp_path / "hf"), "meta": str(tmp_path / "meta.pth")}
     torch.save(meta_state_dict(reference), files["meta"])
-    from nnunet_dinomix.doctor import FAIL, OK, check_teacher_weights
+    from nnunet_dinomix.cli.doctor import FAIL, OK, check_teacher_weights
     from nnunet_dinomix.fkd.teacher import WEIGHTS_ENV
     from nnunet_dinomix.training.dinomix import nnUNetTrainerDinoMix
 

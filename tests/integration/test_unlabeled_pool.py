@@ -12,7 +12,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from support import run_cli
 from nnunet_dinomix.errors import DinoMixError
-from nnunet_dinomix.unlabeled.cli import main as cli_main
+from nnunet_dinomix.cli.preprocess_unlabeled import main as cli_main
 from nnunet_dinomix.unlabeled.pool import open_pool
 from nnunet_dinomix.unlabeled.preprocess import preprocess_unlabeled
 

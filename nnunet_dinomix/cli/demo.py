@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import os
-import shlex
-import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-from nnunet_dinomix import discovery
+from nnunet_dinomix.commands import executable, nnunet_env, run
 from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, write_phantom_dataset
-from nnunet_dinomix.phantom.generator import LABELS
 
 DATASET_ID = 990
 DATASET_NAME = "DinoMixPhantom"
@@ -31,58 +29,25 @@ DEFAULT_BUDGET = (6, 20)
 LONG_BUDGET = (40, 50)
 
 
-def _env(workdir: str, device: str) -> Dict[str, str]:
-    env = dict(os.environ)
-    env.update(nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
-               nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
-               nnUNet_results=os.path.join(workdir, "nnUNet_results"))
-    if device == "cpu":
-        env.setdefault("nnUNet_compile", "0")
-    env.setdefault("nnUNet_def_n_proc", "2")
-    trainer_dirs = [p for p in env.get(discovery.ENV, "").split(os.pathsep) if p]
-    if discovery.trainer_dir() not in trainer_dirs:
-        env[discovery.ENV] = os.pathsep.join(trainer_dirs + [discovery.trainer_dir()])
-    return env
-
-
-def _bin(name: str) -> str:
-    """A console script next to this interpreter (the venv's), falling back to PATH."""
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.isfile(candidate) else name
-
-
-def run(cmd: Sequence[str], env: Dict[str, str], log_file: Optional[str] = None) -> None:
-    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    start = time.time()
-    if log_file is None:
-        result = subprocess.run(list(cmd), env=env)
-    else:
-        with open(log_file, "w") as log:
-            result = subprocess.run(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        hint = f" (output in {log_file})" if log_file else ""
-        raise SystemExit(f"command failed with exit code {result.returncode}{hint}: {' '.join(cmd)}")
-    print(f"  done in {time.time() - start:.0f} s", flush=True)
-
-
 def train_predict_evaluate(trainer: str, workdir: str, env: Dict[str, str], device: str, plans: str = PLANS,
                            fold: str = "all") -> str:
+    """Train, predict the test images, and score them with nnU-Net's evaluation; returns the prediction folder."""
     raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET_ID, DATASET_NAME))
     logs = os.path.join(workdir, "logs")
     os.makedirs(logs, exist_ok=True)
     train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0"))
-    run([_bin("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, fold, "-tr", trainer, "-p", plans,
+    run([executable("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, fold, "-tr", trainer, "-p", plans,
          "-device", device], train_env, os.path.join(logs, f"train_{trainer}.log"))
     prediction = os.path.join(workdir, "predictions", trainer)
-    run([_bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d", str(DATASET_ID),
+    run([executable("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d", str(DATASET_ID),
          "-c", CONFIGURATION, "-f", fold, "-tr", trainer, "-p", plans, "-device", device, "--disable_tta",
          "-npp", "1", "-nps", "1"], env, os.path.join(logs, f"predict_{trainer}.log"))
     plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET_ID, DATASET_NAME),
                               plans + ".json")
-    run([_bin("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction,
+    run([executable("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction,
          "-djfile", os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], env,
         os.path.join(logs, f"evaluate_{trainer}.log"))
-    return os.path.join(prediction, "summary.json")
+    return prediction
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -113,7 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     epochs, iterations = LONG_BUDGET if args.long else DEFAULT_BUDGET
     epochs, iterations = args.epochs or epochs, args.iterations or iterations
-    env = _env(workdir, args.device)
+    env = nnunet_env(workdir, args.device)
     env.update(DINOMIX_NUM_EPOCHS=str(epochs), DINOMIX_ITERATIONS_PER_EPOCH=str(iterations),
                DINOMIX_VAL_ITERATIONS_PER_EPOCH="2")
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -128,13 +93,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("[2/5] nnU-Net planning and preprocessing", flush=True)
     # nnU-Net 2.8.1's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
     plan_env = dict(env, nnUNet_n_proc_DA="2")
-    run([_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "2"], plan_env,
+    run([executable("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "2"], plan_env,
         os.path.join(workdir, "plan_and_preprocess.log"))
     plans = PLANS if args.plans == "tiny" else "nnUNetPlans"
     print("[3/5] " + ("Tiny CPU plans and the" if plans == PLANS else "The") + " unlabeled pool", flush=True)
     if plans == PLANS:
-        run([_bin("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", "tiny_cpu"], env)
-    run([_bin("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", plans, "-np", env["nnUNet_def_n_proc"]],
+        run([executable("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", "tiny_cpu"], env)
+    run([executable("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", plans, "-np", env["nnUNet_def_n_proc"]],
         env)
 
     def one(trainer: str) -> str:
@@ -144,21 +109,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"[4/5] Training {len(args.trainers)} trainers" + (" in parallel" if args.parallel else ""), flush=True)
     if args.parallel:
         with concurrent.futures.ThreadPoolExecutor(len(args.trainers)) as pool:
-            summaries = dict(zip(args.trainers, pool.map(one, args.trainers)))
+            predictions = dict(zip(args.trainers, pool.map(one, args.trainers)))
     else:
-        summaries = {t: one(t) for t in args.trainers}
+        predictions = {t: one(t) for t in args.trainers}
 
-    from nnunet_dinomix.phantom.dataset import summarise_labels
-    from nnunet_dinomix.report import dice_rows, load_summary, rarest_classes, to_markdown, write_report
+    from nnunet_dinomix.evaluation.report import class_voxel_shares, collect, read_labels, write_report
     print("[5/5] Report", flush=True)
+    with open(os.path.join(raw, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    labels, ending = read_labels(dataset_json), dataset_json["file_ending"]
+    rows = collect(os.path.join(raw, "labelsTs"), predictions, labels, ending, 1)
     labels_tr = os.path.join(raw, "labelsTr")
-    tail = rarest_classes(summarise_labels([os.path.join(labels_tr, f) for f in sorted(os.listdir(labels_tr))]))
-    loaded = {t: load_summary(p) for t, p in summaries.items()}
-    title = (f"Phantom test set, per-class Dice (%), {epochs}x{iterations} iterations, 4 labeled + 16 unlabeled "
-             f"cases, seed {args.seed}, plans {plans}")
-    paths = write_report(loaded, LABELS, os.path.join(workdir, "report"), title=title, tail_classes=tail)
-    print(to_markdown(dice_rows(loaded, LABELS, tail), list(loaded)))
-    print(f"Report: {paths['md']}, {paths['csv']}, {paths['png']}")
+    shares = class_voxel_shares([os.path.join(labels_tr, f) for f in sorted(os.listdir(labels_tr))], labels)
+    title = (f"Phantom test set, {epochs}x{iterations} iterations, 4 labeled + 16 unlabeled cases, seed "
+             f"{args.seed}, plans {plans}")
+    paths = write_report(rows, labels, shares, {}, os.path.join(workdir, "report"), title)
+    with open(paths["md"]) as f:
+        print(f.read().split("\n## ASD")[0])  # the Dice table; distances are in the report
+    print("Report: " + ", ".join(paths.values()))
     print(f"Total time: {(time.time() - start) / 60:.1f} min")
     return 0
 
