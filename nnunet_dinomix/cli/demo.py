@@ -4,7 +4,8 @@ Steps, each a real command a user would run:
 generate phantom -> nnUNetv2_plan_and_preprocess -> dinomix_plans_preset (tiny CPU network) ->
 dinomix_preprocess_unlabeled -> nnUNetv2_train (by default nnUNetTrainer, nnUNetTrainerMeanTeacher and
 nnUNetTrainerDinoMixNoFKD as their Budget variants; the same labeled cases, the same iterations) ->
-nnUNetv2_predict on the test images -> nnUNetv2_evaluate_folder -> per-class Dice table (markdown, CSV, PNG).
+nnUNetv2_predict on the test images -> nnUNetv2_evaluate_folder -> per-class report (markdown, CSV, PNG).
+While a trainer trains, one line per epoch shows its losses, pseudo Dice and the time left.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from nnunet_dinomix.commands import executable, nnunet_env, run
+from nnunet_dinomix.commands import TrainingProgress, executable, nnunet_env, run
 from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, write_phantom_dataset
 
 DATASET_ID = 990
@@ -36,8 +37,9 @@ def train_predict_evaluate(trainer: str, workdir: str, env: Dict[str, str], devi
     logs = os.path.join(workdir, "logs")
     os.makedirs(logs, exist_ok=True)
     train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0"))
+    epochs = int(env.get("DINOMIX_NUM_EPOCHS", 1000))  # the Budget trainers' length; nnU-Net's own is 1000
     run([executable("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, fold, "-tr", trainer, "-p", plans,
-         "-device", device], train_env, os.path.join(logs, f"train_{trainer}.log"))
+         "-device", device], train_env, os.path.join(logs, f"train_{trainer}.log"), TrainingProgress(trainer, epochs))
     prediction = os.path.join(workdir, "predictions", trainer)
     run([executable("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d", str(DATASET_ID),
          "-c", CONFIGURATION, "-f", fold, "-tr", trainer, "-p", plans, "-device", device, "--disable_tta",
