@@ -101,8 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("[3/5] " + ("Tiny CPU plans and the" if plans == PLANS else "The") + " unlabeled pool", flush=True)
     if plans == PLANS:
         run([executable("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", "tiny_cpu"], env)
-    run([executable("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", plans, "-np", env["nnUNet_def_n_proc"]],
-        env)
+    run([executable("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", plans, "-np",
+         env["nnUNet_def_n_proc"]], env)
 
     def one(trainer: str) -> str:
         print(f"{trainer}: {epochs} epochs x {iterations} iterations, predict, evaluate", flush=True)
