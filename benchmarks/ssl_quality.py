@@ -40,6 +40,7 @@ from nnunet_dinomix.commands import executable as exe, nnunet_env, run
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget"]
 UPPER = "upper bound (all labels)"
+ANALYSIS = "## What it shows"  # a result file's hand-written analysis starts here; --report-only keeps it
 ANCHOR = "offline PL (anchor)"
 DATASET, FULL_DATASET, ANCHOR_DATASET = 990, 991, 992
 # nnU-Net sizes torch's thread pool from multiprocessing.cpu_count(); runs side by side get a share of the cores
@@ -447,6 +448,11 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     text = report(records, labels, tail, header)
     out = os.path.join(HERE, "results", args.name + ".md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    if os.path.isfile(out):  # a rebuilt report keeps the analysis written by hand below ANALYSIS
+        with open(out) as f:
+            previous = f.read()
+        if ANALYSIS in previous:
+            text = text.rstrip("\n") + "\n\n" + previous[previous.index(ANALYSIS):]
     with open(out, "w") as f:
         f.write(text)
     print(text)
