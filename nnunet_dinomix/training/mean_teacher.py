@@ -275,7 +275,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             f"Recipe: burn-in {self.burn_in_length()} of {self.total_steps} iterations; unlabeled loss "
             f"{self.unsup_loss} x {self.unsup_weight_max} (ramp {self.unsup_rampup_fraction} of the rest), class "
             f"weighting {self.unsup_class_weighting}, confidence rule {self.confidence_rule} "
-            f"({self.confidence_threshold}), class gate {self.class_gate_dice}; mixer {type(self.mixer).__name__ if self.mixer else None}")
+            f"({self.confidence_threshold}), class gate {self.class_gate_dice}; mixer "
+            f"{type(self.mixer).__name__ if self.mixer else None}")
 
     # ------------------------------------------------------------------ logging and pseudo-label diagnostics
     def log_keys(self) -> Tuple[str, ...]:
