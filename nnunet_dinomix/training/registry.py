@@ -10,10 +10,11 @@ from typing import Dict
 
 from nnunet_dinomix.training.dinomix import (nnUNetTrainerDinoMix, nnUNetTrainerDinoMixNoFKD,
                                              nnUNetTrainerDinoMixNoPIC, nnUNetTrainerDinoMixUniqueness)
+from nnunet_dinomix.training.labeled_pic import nnUNetTrainerLabeledPIC
 from nnunet_dinomix.training.mean_teacher import nnUNetTrainerMeanTeacher
 
 TRAINERS = (nnUNetTrainerMeanTeacher, nnUNetTrainerDinoMix, nnUNetTrainerDinoMixNoFKD, nnUNetTrainerDinoMixNoPIC,
-            nnUNetTrainerDinoMixUniqueness)
+            nnUNetTrainerDinoMixUniqueness, nnUNetTrainerLabeledPIC)
 
 
 def all_trainers() -> Dict[str, type]:
