@@ -35,7 +35,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from nnunet_dinomix.cli import demo
-from nnunet_dinomix.commands import executable as exe, nnunet_env, run
+from nnunet_dinomix.commands import executable as exe, nnunet_env, run as run_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget"]
@@ -106,8 +106,8 @@ def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, s
     raw = write_phantom_dataset(env["nnUNet_raw"], DATASET, demo.DATASET_NAME, PhantomSplit(), seed=seed,
                                 config=config, verbose=False)
     plan(work, env, DATASET)
-    run([exe("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
-             os.path.join(work, "pool.log"))
+    run_command([exe("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
+                os.path.join(work, "pool.log"))
     if upper_bound:
         prepare_upper_bound(work, env, raw)
     return env
@@ -115,10 +115,10 @@ def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, s
 
 def plan(work: str, env: Dict[str, str], dataset: int) -> None:
     plan_env = dict(env, nnUNet_n_proc_DA="2")  # nnU-Net 2.8.1's planner fails with 0
-    run([exe("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", demo.CONFIGURATION, "-np", "2"],
-             plan_env, os.path.join(work, f"plan_{dataset}.log"))
-    run([exe("dinomix_plans_preset"), "-d", str(dataset), "--preset", "tiny_cpu"], env,
-             os.path.join(work, f"preset_{dataset}.log"))
+    run_command([exe("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", demo.CONFIGURATION, "-np", "2"],
+                plan_env, os.path.join(work, f"plan_{dataset}.log"))
+    run_command([exe("dinomix_plans_preset"), "-d", str(dataset), "--preset", "tiny_cpu"], env,
+                os.path.join(work, f"preset_{dataset}.log"))
 
 
 def prepare_upper_bound(work: str, env: Dict[str, str], raw: str) -> None:
@@ -201,9 +201,9 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
         shutil.copy2(snapshot, os.path.join(fold_folder(results, run.trainer), "checkpoint_latest.pth"))
         resume = ["--c"]
     start = run.started_at = time.time()
-    run([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
-              "all", "-tr", run.trainer, "-p", demo.PLANS, "-device", "cpu"] + resume, run_env,
-             os.path.join(logs, f"train_{tag}.log"))
+    run_command([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
+                "all", "-tr", run.trainer, "-p", demo.PLANS, "-device", "cpu"] + resume, run_env,
+                os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start
     if run.start_from is not None:  # the wall-clock of the burn-in it shares counts too
         train_s += os.path.getmtime(snapshot) - run.start_from.started_at
@@ -222,10 +222,10 @@ def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[s
     anchor_env = dict(run_env, nnUNet_results=ref_results, DINOMIX_NUM_EPOCHS=str(ref.snapshot_epoch))
     anchor_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     start = time.time()
-    run([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", demo.PLANS, "-c", demo.CONFIGURATION,
-              "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
-              str(ANCHOR_DATASET), "-device", "cpu", "--disable_tta", "-np", "1"], anchor_env,
-             os.path.join(logs, f"train_{tag}.log"))
+    run_command([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", demo.PLANS, "-c", demo.CONFIGURATION,
+                "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
+                str(ANCHOR_DATASET), "-device", "cpu", "--disable_tta", "-np", "1"], anchor_env,
+                os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start + os.path.getmtime(snapshot) - ref.started_at
     return score(run, work, env, anchor_env, logs, tag, ANCHOR_DATASET, train_s)
 
@@ -236,15 +236,15 @@ def score(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], log
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET, demo.DATASET_NAME))
     prediction = os.path.join(work, "predictions", tag)
-    run([exe("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
-              str(dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", demo.PLANS,
-              "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], run_env,
-             os.path.join(logs, f"predict_{tag}.log"))
+    run_command([exe("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
+                str(dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", demo.PLANS,
+                "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], run_env,
+                os.path.join(logs, f"predict_{tag}.log"))
     plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET, demo.DATASET_NAME),
                               demo.PLANS + ".json")
-    run([exe("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction, "-djfile",
-              os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], run_env,
-             os.path.join(logs, f"evaluate_{tag}.log"))
+    run_command([exe("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction, "-djfile",
+                os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], run_env,
+                os.path.join(logs, f"evaluate_{tag}.log"))
     from nnunet_dinomix.phantom.generator import LABELS
     from nnunet_dinomix.evaluation.report import load_summary, per_class_dice
     summary = load_summary(os.path.join(prediction, "summary.json"))
