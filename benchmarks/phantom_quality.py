@@ -42,7 +42,6 @@ def main(argv=None) -> int:
     out = os.path.join(HERE, "results", args.name + ".md")
 
     from nnunet_dinomix import commands, discovery
-
     from nnunet_dinomix.cli import demo
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
