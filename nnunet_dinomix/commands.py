@@ -101,6 +101,7 @@ class TrainingProgress:
             per_epoch = sum(self.seconds) / len(self.seconds)
             left = per_epoch * max(self.epochs - done, 0)
             parts = [f"{k} {v:.3f}" if "loss" in k else f"{k} {v:.1f} %" for k, v in self.values.items()]
+            remaining = f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min"
             return (f"  [{self.name}] epoch {done}/{self.epochs}: " + ", ".join(parts + [f"{per_epoch:.0f} s/epoch"])
-                    + (f", about {left / 60:.0f} min left" if left else ""))
+                    + (f", about {remaining} left" if left else ""))
         return None

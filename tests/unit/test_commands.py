@@ -26,6 +26,8 @@ def test_training_progress_reads_nnunet_lines_into_one_line_per_epoch():
         "  [nnUNetTrainer] epoch 1/4: train_loss 0.900, val_loss -0.220, pseudo Dice 50.0 %, 60 s/epoch, "
         "about 3 min left",
         "  [nnUNetTrainer] epoch 2/4: train_loss 0.500, 50 s/epoch, about 2 min left"]
+    last = TrainingProgress("T", epochs=2)
+    assert [s for s in map(last, EPOCH.splitlines()) if s][0].endswith("60 s/epoch, about 60 s left")
 
 
 def test_run_logs_every_line_and_prints_progress(tmp_path, capsys):
