@@ -79,9 +79,11 @@ class LabeledPICTransform(BasicTransform):
         properties = [donors.load_case(i)[3] for i in self.identifiers]
         counts, self.holders = class_location_counts(properties)
         self.classes = sorted(counts)
-        self.probabilities = class_probabilities(
+        probabilities = class_probabilities(
             torch.tensor([counts[c] for c in self.classes], dtype=torch.float64), self.gamma).numpy() \
             if self.classes else np.zeros(0)
+        # float64 and renormalised: np.random.choice wants the probabilities to sum to 1 within 1e-8
+        self.probabilities = probabilities.astype(np.float64) / max(probabilities.astype(np.float64).sum(), 1e-12)
         # draws use NumPy's global generator, as nnU-Net's own transforms do: nnU-Net seeds it per loader worker
 
     def get_parameters(self, **data_dict) -> dict:

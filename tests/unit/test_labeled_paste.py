@@ -96,3 +96,27 @@ def test_paste_position_stays_in_the_window_or_the_sample(box, sample, window):
         for b, s, n, w in zip(box, paste_position(box, sample, window), sample, window):
             w = min(max(w, b), n)
             assert s.stop - s.start == b and (n - w) // 2 <= s.start and s.stop <= (n - w) // 2 + w
+
+
+class LocationsOnly(ArrayCases):
+    """Cases whose nnU-Net properties list ``counts[c]`` stored voxels of class c + 1."""
+
+    def __init__(self, counts):
+        super().__init__({"a": _case(0)})
+        self.counts = counts
+
+    def load_case(self, identifier):
+        data, seg, _, _ = super().load_case(identifier)
+        return data, seg, None, {"class_locations": {c + 1: np.zeros((n, 4), dtype=np.int64)
+                                                     for c, n in enumerate(self.counts)}}
+
+
+def test_class_draws_accept_counts_whose_float32_probabilities_do_not_sum_to_one():
+    """These 8 counts give float32 curriculum probabilities that np.random.choice refuses (sum off by > 1e-8):
+    in a trainer that was a crash on the first sample."""
+    counts = [2552, 1911, 1533, 810, 924, 123, 226, 50]
+    t = LabeledPICTransform(LocationsOnly(counts), patch_size=(8, 32, 32), p=1.0)
+    assert t.probabilities.dtype == np.float64 and abs(t.probabilities.sum() - 1) < 1e-12
+    np.random.seed(4)
+    drawn = [t.classes[np.random.choice(len(t.classes), p=t.probabilities)] for _ in range(300)]
+    assert max(set(drawn), key=drawn.count) == 8  # the rarest class (50 voxels) is drawn most
