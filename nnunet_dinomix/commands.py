@@ -14,6 +14,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunet_dinomix import discovery
+from nnunet_dinomix.errors import DinoMixError
 
 
 def nnunet_env(workdir: str, device: str) -> Dict[str, str]:
@@ -39,10 +40,11 @@ def executable(name: str) -> str:
 
 
 def run(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, log_file: Optional[str] = None,
-        progress: Optional[Callable[[str], Optional[str]]] = None) -> None:
+        progress: Optional[Callable[[str], Optional[str]]] = None, on_failure: str = "") -> None:
     """Run ``cmd`` (printed first, as ``$ ...``), its output to ``log_file`` or the console; a non-zero exit
-    raises ``SystemExit`` naming the command and the log. With a log file, ``progress`` sees every output line
-    and what it returns (if anything) is printed, e.g. :class:`TrainingProgress`."""
+    raises a :class:`DinoMixError` naming the command, the log and ``on_failure`` (what the failure means for the
+    caller's work). With a log file, ``progress`` sees every output line and what it returns (if anything) is
+    printed, e.g. :class:`TrainingProgress`."""
     print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     start = time.time()
     if log_file is None:
@@ -62,7 +64,8 @@ def run(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, log_file: Opti
                 code = process.returncode
     if code != 0:
         hint = f" (output in {log_file})" if log_file else ""
-        raise SystemExit(f"command failed with exit code {code}{hint}: {' '.join(cmd)}")
+        raise DinoMixError(f"{cmd[0]} failed with exit code {code}{hint}: {' '.join(cmd)}"
+                           + (f". {on_failure}" if on_failure else ""))
     print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 

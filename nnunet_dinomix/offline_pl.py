@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import subprocess
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from nnunet_dinomix import paths
-from nnunet_dinomix.commands import executable
+from nnunet_dinomix.commands import executable, run
 from nnunet_dinomix.errors import DinoMixError
 
 
@@ -89,11 +87,8 @@ def build_dataset(source_raw: str, target_raw: str, pseudo_folder: str, unlabele
 
 
 def run_command(cmd: List[str]) -> None:
-    """Run one nnU-Net command with its own output on the console; a failure stops the rounds."""
-    print("$ " + shlex.join(cmd), flush=True)
-    code = subprocess.run([executable(cmd[0])] + cmd[1:]).returncode
-    if code:
-        raise DinoMixError(f"{cmd[0]} failed (exit code {code}); the rounds stop here. Datasets written so far are kept.")
+    """One nnU-Net command of a round, its output on the console; a failure stops the rounds."""
+    run([executable(cmd[0])] + cmd[1:], on_failure="The rounds stop here; the datasets written so far are kept.")
 
 
 def run_rounds(args) -> int:

@@ -18,6 +18,7 @@ import time
 from typing import Dict, List, Optional
 
 from nnunet_dinomix.commands import TrainingProgress, executable, nnunet_env, run
+from nnunet_dinomix.errors import command
 from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, write_phantom_dataset
 
 DATASET_ID = 990
@@ -52,6 +53,7 @@ def train_predict_evaluate(trainer: str, workdir: str, env: Dict[str, str], devi
     return prediction
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dinomix_demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", default="demo_output", help="work folder [default: ./demo_output]")

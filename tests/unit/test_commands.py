@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from nnunet_dinomix.commands import TrainingProgress, run
+from nnunet_dinomix.errors import DinoMixError
 
 # nnUNetv2_train's own lines (nnU-Net 2.8.1, as in benchmarks/work logs), plus a line that is not nnU-Net's
 EPOCH = """2026-11-24 05:57:21.394089: 
@@ -39,6 +40,6 @@ def test_run_logs_every_line_and_prints_progress(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[T] epoch 1/2: train_loss 0.900" in out and "[T] epoch 2/2: train_loss 0.500, 50 s/epoch\n" in out
     assert "some warning" not in out
-    with pytest.raises(SystemExit, match=f"exit code 3 \\(output in {log}\\)"):
+    with pytest.raises(DinoMixError, match=f"exit code 3 \\(output in {log}\\).*Nothing was lost"):
         run([sys.executable, "-c", "import sys; print('x'); sys.exit(3)"], log_file=str(log),
-            progress=TrainingProgress("T", 1))
+            progress=TrainingProgress("T", 1), on_failure="Nothing was lost.")
