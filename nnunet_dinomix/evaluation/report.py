@@ -22,7 +22,6 @@ import numpy as np
 
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.evaluation.metrics import case_scores
-from nnunet_dinomix.evaluation.published import published_columns
 
 METRICS = ("dice", "asd_mm", "hd95_mm", "dice_benchmark", "asd_voxels")
 TAIL_SIZE = 3

@@ -92,7 +92,7 @@ class LabeledPICTransform(BasicTransform):
         spatial = tuple(data_dict["image"].shape[1:])
         cls = self.classes[np.random.choice(len(self.classes), p=self.probabilities)]
         donor = self.identifiers[np.random.choice(self.holders[cls])]
-        _, seg, _, properties = self.donors.load_case(donor)
+        data, seg, _, properties = self.donors.load_case(donor)  # nnU-Net's blosc2 arrays open lazily
         locations = properties["class_locations"][cls]
         centre = [int(v) for v in locations[np.random.randint(len(locations))][1:]]  # rows are (channel, *spatial)
         volume = tuple(seg.shape[1:])
@@ -102,13 +102,13 @@ class LabeledPICTransform(BasicTransform):
         side = [max(1, min(round(fraction * s), n, m)) for s, n, m in zip(self.patch_size, in_plane_volume, spatial)]
         source = tuple(slice(c, c + 1) for c in fixed) + box_around(in_plane_centre, side, in_plane_volume)
         return {"box": {"donor": donor, "cls": cls, "source": source, "side": tuple(side),
-                        "target": paste_position(side, spatial, self.patch_size)}}
+                        "target": paste_position(side, spatial, self.patch_size), "arrays": (data, seg)}}
 
     def apply(self, data_dict: dict, **params) -> dict:
         box = params["box"]
         if box is None:
             return data_dict
-        data, seg, _, _ = self.donors.load_case(box["donor"])
+        data, seg = box["arrays"]  # opened by get_parameters: each donor case is loaded once per sample
         source = (slice(None), *box["source"])
         target = (slice(None), *box["target"])
         image, segmentation = data_dict["image"], data_dict["segmentation"]
