@@ -97,13 +97,13 @@ def parse_trainer(spec: str) -> tuple:
     return label, trainer, settings or None
 
 
-def prepare_seed(work: str, seed: int, upper_bound: bool, config) -> Dict[str, str]:
+def prepare_seed(work: str, seed: int, upper_bound: bool, config, split) -> Dict[str, str]:
     """Phantom, nnU-Net plan + preprocess, tiny plans and the unlabeled pool; the all-labels twin if asked."""
-    from nnunet_dinomix.phantom.dataset import PhantomSplit, write_phantom_dataset
+    from nnunet_dinomix.phantom.dataset import write_phantom_dataset
     env = nnunet_env(work, "cpu")
     for k in ("nnUNet_raw", "nnUNet_preprocessed"):
         os.makedirs(env[k], exist_ok=True)
-    raw = write_phantom_dataset(env["nnUNet_raw"], DATASET, demo.DATASET_NAME, PhantomSplit(), seed=seed,
+    raw = write_phantom_dataset(env["nnUNet_raw"], DATASET, demo.DATASET_NAME, split, seed=seed,
                                 config=config, verbose=False)
     plan(work, env, DATASET)
     run_command([exe("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
@@ -334,6 +334,10 @@ def main(argv=None) -> int:
                    help=f"trainers run on the first seed only (diagnostic recipes; '{UPPER}' for the bound)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (cores are shared among them)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    p.add_argument("--phantom", default="default", help="phantom preset (nnunet_dinomix.phantom.generator.PRESETS): "
+                                                        "'default' or 'label_limited'")
+    p.add_argument("--labeled", type=int, default=4, help="labeled cases per seed (16 unlabeled, 6 test), drawn "
+                                                          "to show every class together")
     p.add_argument("--anchor", action="store_true",
                    help=f"add '{ANCHOR}': the reference's snapshot at half the steps pseudo-labels the unlabeled "
                         f"cases, plain nnU-Net trains on all of them for the other half (needs --shared-burn-in)")
@@ -358,8 +362,7 @@ def main(argv=None) -> int:
         return write_result(args, argv, work, records, time.time())
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
-    from nnunet_dinomix.phantom.generator import PhantomConfig
-    config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
+    config, split = phantom(args)
     specs = [parse_trainer(t) for t in args.trainers]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     epochs = args.steps // args.iterations
@@ -381,7 +384,7 @@ def main(argv=None) -> int:
             envs[seed] = reuse_seed(os.path.abspath(args.reference_from), seed_work, seed_runs[0], upper)
         else:
             print(f"seed {seed}: preparing the phantom, plans and pool", flush=True)
-            envs[seed] = prepare_seed(seed_work, seed, upper, config)
+            envs[seed] = prepare_seed(seed_work, seed, upper, config, split)
         if args.shared_burn_in:
             seed_runs[0].snapshot_epoch = epochs // 2
             for r in seed_runs[1:]:
@@ -415,11 +418,17 @@ def main(argv=None) -> int:
     return write_result(args, argv, work, records, start)
 
 
+def phantom(args):
+    """The phantom preset and split the arguments ask for."""
+    from nnunet_dinomix.phantom.dataset import PhantomSplit
+    from nnunet_dinomix.phantom.generator import phantom_config
+    return phantom_config(args.phantom, args.shape), PhantomSplit(n_labeled=args.labeled, labeled_cover_all_classes=True)
+
+
 def write_result(args, argv, work: str, records: List[dict], start: float) -> int:
     from nnunet_dinomix.phantom.dataset import dataset_folder_name, summarise_labels
-    from nnunet_dinomix.phantom.generator import PhantomConfig
     from nnunet_dinomix.evaluation.report import tail_classes
-    config = PhantomConfig(shape=tuple(args.shape)) if args.shape else PhantomConfig()
+    config, split = phantom(args)
     specs = [parse_trainer(t) for t in args.trainers]
     labels = [s[0] for s in specs] + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else [])
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -433,7 +442,8 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
               f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, CPU only; {args.jobs} runs side by side "
               f"with {threads} thread(s) each",
               f"- command: `{command}`",
-              f"- data: per seed a fresh phantom (4 labeled, 16 unlabeled, 6 test cases, shape {config.shape}); "
+              f"- data: per seed a fresh '{args.phantom}' phantom ({split.n_labeled} labeled that show every class together, "
+              f"{split.n_unlabeled} unlabeled, {split.n_test} test cases, shape {config.shape}); "
               f"plans nnUNetPlansTinyCPU; fold 'all'",
               f"- training: {args.steps} optimizer steps for every run ({epochs} epochs x {args.iterations}), burn-in "
               f"counted; nnUNet_n_proc_DA=0; the runs of one seed share DINOMIX_SEED (the same initial weights and "

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.phantom.dataset import PhantomSplit, write_phantom_dataset
-from nnunet_dinomix.phantom.generator import LABELS, PhantomConfig, make_cases
+from nnunet_dinomix.phantom.generator import LABELS, PhantomConfig, make_cases, phantom_config
 
 N = 12
 
@@ -55,6 +55,24 @@ def test_cases_vary_and_some_classes_are_absent(cases):
     assert max(sizes) > 1.3 * min(sizes)
 
 
+def _organ_hu(cases, organ):
+    return [float(np.median(img[lab == LABELS[organ]])) for img, lab in cases if (lab == LABELS[organ]).sum() > 20]
+
+
+def test_label_limited_preset_varies_more_and_enhances_the_rare_organs(cases):
+    varied = list(make_cases(N, seed=123, config=phantom_config("label_limited")))
+    # organ intensities move between cases by far more than the default's global offset
+    assert np.std(_organ_hu(varied, "spleen")) > 2 * np.std(_organ_hu(cases, "spleen"))
+    # the rare organs stand out from soft tissue (default: within the noise)
+    assert np.median(_organ_hu(varied, "pancreas")) - np.median(_organ_hu(cases, "pancreas")) > 30
+    assert np.median(_organ_hu(varied, "adrenal")) - np.median(_organ_hu(cases, "adrenal")) > 30
+    # the default preset is the default phantom, case for case
+    assert np.array_equal(next(make_cases(1, seed=5, config=phantom_config()))[0], next(make_cases(1, seed=5))[0])
+    assert phantom_config("label_limited", (16, 32, 32)).shape == (16, 32, 32)
+    with pytest.raises(ValueError, match="unknown phantom preset"):
+        phantom_config("nonsense")
+
+
 def test_generation_is_seeded(cases):
     again = list(make_cases(2, seed=123))
     assert np.array_equal(again[1][1], cases[1][1]) and np.array_equal(again[1][0], cases[1][0])
@@ -74,3 +92,16 @@ def test_written_dataset_follows_nnunet_layout(tmp_path):
     assert img.GetSize() == (32, 32, 16) and img.GetSpacing() == (2.0, 2.0, 3.0)
     with pytest.raises(DinoMixError, match="Dataset ID .* is already used"):  # an existing ID is never overwritten
         write_phantom_dataset(str(tmp_path), 981, "Other", PhantomSplit(1, 1, 1), verbose=False)
+
+
+def test_labeled_cases_can_be_drawn_to_show_every_class(tmp_path):
+    """Seed 1 of the label-limited phantom: neither of the first two cases has a gallbladder."""
+    config = phantom_config("label_limited")
+    first_two = list(make_cases(2, seed=1, config=config))
+    assert not any((lab == LABELS["gallbladder"]).any() for _, lab in first_two)
+    folder = write_phantom_dataset(str(tmp_path), 982, "Cover", PhantomSplit(2, 1, 1, labeled_cover_all_classes=True),
+                                   seed=1, config=config, verbose=False)
+    labels = [sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, "labelsTr", f)))
+              for f in sorted(os.listdir(os.path.join(folder, "labelsTr")))]
+    assert np.array_equal(labels[0], first_two[0][1])  # only the last labeled case is drawn again
+    assert set(np.unique(np.concatenate([lab.ravel() for lab in labels]))) == set(LABELS.values())
