@@ -1,8 +1,8 @@
 """Held-out quality of semi-supervised trainers against plain nnU-Net, over several phantom seeds, paired.
 
 For every seed: a fresh phantom draw (its own labeled, unlabeled and test cases, with the unlabeled cases' true
-labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the tiny CPU plans, the unlabeled pool.
-Then every trainer is trained with the same labeled cases for the same number of optimizer steps (burn-in counted),
+labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the tier's plans (the tiny CPU plans, or
+with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every trainer is trained with the same labeled cases for the same number of optimizer steps (burn-in counted),
 predicts the held-out test cases with ``nnUNetv2_predict --disable_tta`` and is scored with
 ``nnUNetv2_evaluate_folder``. ``--upper-bound`` adds plain nnU-Net trained on every training case with its true
 label (the labeled and the unlabeled ones), the bound semi-supervised learning is reported between.
@@ -49,6 +49,19 @@ TRAIN_LAUNCHER = ("import multiprocessing, sys; multiprocessing.cpu_count = lamb
                   "run_training_entry()")
 
 
+@dataclass(frozen=True)
+class Tier:
+    """Where the runs train: the CPU tier (nnU-Net's plans cut down by the tiny_cpu preset, no loader workers) or
+    the GPU tier (nnU-Net's own plans, or any plans name given, and nnU-Net's loader workers)."""
+    device: str = "cpu"
+    plans: str = demo.PLANS
+    data_workers: int = 0
+
+    @property
+    def tiny(self) -> bool:
+        return self.plans == demo.PLANS
+
+
 @dataclass
 class Run:
     label: str
@@ -64,20 +77,20 @@ class Run:
     started_at: float = 0.0
 
 
-def fold_folder(results: str, trainer: str) -> str:
+def fold_folder(results: str, trainer: str, tier: Tier) -> str:
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     return os.path.join(results, dataset_folder_name(DATASET, demo.DATASET_NAME),
-                        f"{trainer}__{demo.PLANS}__{demo.CONFIGURATION}", "fold_all")
+                        f"{trainer}__{tier.plans}__{demo.CONFIGURATION}", "fold_all")
 
 
 def results_folder(work: str, run: Run) -> str:
     return os.path.join(work, "results", run.label.replace(" ", "_").replace("(", "").replace(")", ""))
 
 
-def wait_for_snapshot(run: Run, work: str) -> str:
+def wait_for_snapshot(run: Run, work: str, tier: Tier) -> str:
     """The reference's snapshot at the end of the shared burn-in (waits while the reference trains)."""
     ref = run.start_from
-    path = os.path.join(fold_folder(results_folder(work, ref), ref.trainer),
+    path = os.path.join(fold_folder(results_folder(work, ref), ref.trainer, tier),
                         f"checkpoint_epoch_{ref.snapshot_epoch}.pth")
     while not os.path.isfile(path):
         if ref.done.is_set():
@@ -97,31 +110,33 @@ def parse_trainer(spec: str) -> tuple:
     return label, trainer, settings or None
 
 
-def prepare_seed(work: str, seed: int, upper_bound: bool, config, split) -> Dict[str, str]:
-    """Phantom, nnU-Net plan + preprocess, tiny plans and the unlabeled pool; the all-labels twin if asked."""
+def prepare_seed(work: str, seed: int, upper_bound: bool, config, split, tier: Tier) -> Dict[str, str]:
+    """Phantom, nnU-Net plan + preprocess, the tier's plans and the unlabeled pool; the all-labels twin if asked."""
     from nnunet_dinomix.phantom.dataset import write_phantom_dataset
-    env = nnunet_env(work, "cpu")
+    env = nnunet_env(work, tier.device)
     for k in ("nnUNet_raw", "nnUNet_preprocessed"):
         os.makedirs(env[k], exist_ok=True)
     raw = write_phantom_dataset(env["nnUNet_raw"], DATASET, demo.DATASET_NAME, split, seed=seed,
                                 config=config, verbose=False)
-    plan(work, env, DATASET)
-    run_command([exe("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", demo.PLANS, "-np", "2"], env,
+    plan(work, env, DATASET, tier)
+    run_command([exe("dinomix_preprocess_unlabeled"), "-d", str(DATASET), "-p", tier.plans, "-np", "2"], env,
                 os.path.join(work, "pool.log"))
     if upper_bound:
-        prepare_upper_bound(work, env, raw)
+        prepare_upper_bound(work, env, raw, tier)
     return env
 
 
-def plan(work: str, env: Dict[str, str], dataset: int) -> None:
+def plan(work: str, env: Dict[str, str], dataset: int, tier: Tier) -> None:
     plan_env = dict(env, nnUNet_n_proc_DA="2")  # nnU-Net 2.8.1's planner fails with 0
     run_command([exe("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", demo.CONFIGURATION, "-np", "2"],
                 plan_env, os.path.join(work, f"plan_{dataset}.log"))
+    if not tier.tiny:
+        return
     run_command([exe("dinomix_plans_preset"), "-d", str(dataset), "--preset", "tiny_cpu"], env,
                 os.path.join(work, f"preset_{dataset}.log"))
 
 
-def prepare_upper_bound(work: str, env: Dict[str, str], raw: str) -> None:
+def prepare_upper_bound(work: str, env: Dict[str, str], raw: str, tier: Tier) -> None:
     """The all-labels twin: the same training images, every one with its true label."""
     from nnunet_dinomix.paths import DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
@@ -135,10 +150,10 @@ def prepare_upper_bound(work: str, env: Dict[str, str], raw: str) -> None:
     dataset_json["numTraining"] = len(os.listdir(os.path.join(full, "labelsTr")))
     with open(os.path.join(full, "dataset.json"), "w") as f:
         json.dump(dataset_json, f, indent=1)
-    plan(work, env, FULL_DATASET)
+    plan(work, env, FULL_DATASET, tier)
 
 
-def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool) -> Dict[str, str]:
+def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool, tier: Tier) -> Dict[str, str]:
     """``--reference-from``: the seed's phantom, plans, pool and the reference's results from a finished work
     folder (copied, never moved), and the reference's record, so that new recipes are paired against the same
     reference without retraining it. The all-labels twin is made here if asked and not there."""
@@ -148,38 +163,40 @@ def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool) -> Dic
         records = [r for r in json.load(f) if r["label"] == reference.label and r["seed"] == reference.seed]
     if not records:
         raise SystemExit(f"{source}/records.json has no record of '{reference.label}' for seed {reference.seed}")
-    env = nnunet_env(work, "cpu")
+    env = nnunet_env(work, tier.device)
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         shutil.copytree(os.path.join(old, name), env[name], symlinks=True)
     shutil.copytree(results_folder(old, reference), results_folder(work, reference))
     reference.reused = records[0]
     # the reference's start, for the wall-clock of the runs that share its burn-in: nnU-Net's log is named by it
-    folder = fold_folder(results_folder(work, reference), reference.trainer)
+    folder = fold_folder(results_folder(work, reference), reference.trainer, tier)
     log = sorted(f for f in os.listdir(folder) if f.startswith("training_log_"))[0]
     started = time.strptime(log[len("training_log_"):-len(".txt")], "%Y_%m_%d_%H_%M_%S")
     reference.started_at = time.mktime(started)
     full = os.path.join(env["nnUNet_raw"], dataset_folder_name(FULL_DATASET, demo.DATASET_NAME + "Full"))
     if upper_bound and not os.path.isdir(full):
         prepare_upper_bound(work, env, os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET,
-                                                                                           demo.DATASET_NAME)))
+                                                                                           demo.DATASET_NAME)), tier)
     return env
 
 
-def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int) -> dict:
+def train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int,
+                    tier: Tier) -> dict:
     try:
         if run.reused is not None:
             return run.reused
-        return _train_and_score(run, work, env, epochs, iterations, threads)
+        return _train_and_score(run, work, env, epochs, iterations, threads, tier)
     finally:
         run.done.set()
 
 
-def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int) -> dict:
+def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iterations: int, threads: int,
+                     tier: Tier) -> dict:
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     results = results_folder(work, run)
     logs = os.path.join(work, "logs")
     os.makedirs(logs, exist_ok=True)
-    run_env = dict(env, nnUNet_results=results, nnUNet_n_proc_DA="0", DINOMIX_NUM_EPOCHS=str(epochs),
+    run_env = dict(env, nnUNet_results=results, nnUNet_n_proc_DA=str(tier.data_workers), DINOMIX_NUM_EPOCHS=str(epochs),
                    DINOMIX_ITERATIONS_PER_EPOCH=str(iterations), DINOMIX_VAL_ITERATIONS_PER_EPOCH="2",
                    OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
                    # common random numbers: every trainer of a seed starts from the same weights and batches
@@ -193,55 +210,55 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
         run_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     tag = run.label.replace(" ", "_").replace("(", "").replace(")", "")
     if run.label == ANCHOR:
-        return _offline_pl_anchor(run, work, env, run_env, logs, tag)
+        return _offline_pl_anchor(run, work, env, run_env, logs, tag, tier)
     resume = []
     if run.start_from is not None:  # the burn-in is the reference's: start from its snapshot, with nnU-Net's --c
-        snapshot = wait_for_snapshot(run, work)
-        os.makedirs(fold_folder(results, run.trainer), exist_ok=True)
-        shutil.copy2(snapshot, os.path.join(fold_folder(results, run.trainer), "checkpoint_latest.pth"))
+        snapshot = wait_for_snapshot(run, work, tier)
+        os.makedirs(fold_folder(results, run.trainer, tier), exist_ok=True)
+        shutil.copy2(snapshot, os.path.join(fold_folder(results, run.trainer, tier), "checkpoint_latest.pth"))
         resume = ["--c"]
     start = run.started_at = time.time()
     run_command([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
-                "all", "-tr", run.trainer, "-p", demo.PLANS, "-device", "cpu"] + resume, run_env,
+                "all", "-tr", run.trainer, "-p", tier.plans, "-device", tier.device] + resume, run_env,
                 os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start
     if run.start_from is not None:  # the wall-clock of the burn-in it shares counts too
         train_s += os.path.getmtime(snapshot) - run.start_from.started_at
-    return score(run, work, env, run_env, logs, tag, run.dataset, train_s)
+    return score(run, work, env, run_env, logs, tag, run.dataset, train_s, tier)
 
 
 def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str,
-                       tag: str) -> dict:
+                       tag: str, tier: Tier) -> dict:
     """FLARE22-style offline pseudo-labelling at the same total steps: the reference's snapshot at half the steps
     labels the unlabeled cases (dinomix_offline_pl), and plain nnU-Net trains on labeled + pseudo-labelled cases
     from scratch for the other half."""
-    snapshot = wait_for_snapshot(run, work)
+    snapshot = wait_for_snapshot(run, work, tier)
     ref = run.start_from
     ref_results = results_folder(work, ref)
     # the anchor trains half the steps; its own results (dataset ANCHOR_DATASET) sit beside the reference's model
     anchor_env = dict(run_env, nnUNet_results=ref_results, DINOMIX_NUM_EPOCHS=str(ref.snapshot_epoch))
     anchor_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     start = time.time()
-    run_command([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", demo.PLANS, "-c", demo.CONFIGURATION,
+    run_command([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", tier.plans, "-c", demo.CONFIGURATION,
                 "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
-                str(ANCHOR_DATASET), "-device", "cpu", "--disable_tta", "-np", "1"], anchor_env,
+                str(ANCHOR_DATASET), "-device", tier.device, "--disable_tta", "-np", "1"], anchor_env,
                 os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start + os.path.getmtime(snapshot) - ref.started_at
-    return score(run, work, env, anchor_env, logs, tag, ANCHOR_DATASET, train_s)
+    return score(run, work, env, anchor_env, logs, tag, ANCHOR_DATASET, train_s, tier)
 
 
 def score(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str, tag: str, dataset: int,
-          train_s: float) -> dict:
+          train_s: float, tier: Tier) -> dict:
     """Predict the held-out cases with the run's model (of ``dataset``) and score them against the truth."""
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     raw = os.path.join(env["nnUNet_raw"], dataset_folder_name(DATASET, demo.DATASET_NAME))
     prediction = os.path.join(work, "predictions", tag)
     run_command([exe("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", prediction, "-d",
-                str(dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", demo.PLANS,
-                "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], run_env,
+                str(dataset), "-c", demo.CONFIGURATION, "-f", "all", "-tr", run.trainer, "-p", tier.plans,
+                "-device", tier.device, "--disable_tta", "-npp", "1", "-nps", "1"], run_env,
                 os.path.join(logs, f"predict_{tag}.log"))
     plans_file = os.path.join(env["nnUNet_preprocessed"], dataset_folder_name(DATASET, demo.DATASET_NAME),
-                              demo.PLANS + ".json")
+                              tier.plans + ".json")
     run_command([exe("nnUNetv2_evaluate_folder"), os.path.join(raw, "labelsTs"), prediction, "-djfile",
                 os.path.join(prediction, "dataset.json"), "-pfile", plans_file, "-np", "1"], run_env,
                 os.path.join(logs, f"evaluate_{tag}.log"))
@@ -349,6 +366,12 @@ def main(argv=None) -> int:
                    help="pair new recipes against a finished run's reference instead of retraining it: copy each "
                         "seed's phantom, plans, pool and the reference's model and burn-in snapshot from that work "
                         "folder (needs --shared-burn-in, the same first trainer, --steps and --iterations)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: the CPU tier on nnU-Net's plans cut down by the tiny_cpu preset; cuda: the GPU tier, "
+                        "runs side by side on one GPU")
+    p.add_argument("--plans", default=None, help=f"plans name [default: {demo.PLANS} on cpu, nnUNetPlans on cuda]")
+    p.add_argument("--data-workers", type=int, default=None,
+                   help="nnUNet_n_proc_DA per run [default: 0 on cpu, cores / jobs on cuda]")
     p.add_argument("--name", default="ssl_quality_cpu")
     p.add_argument("--work", default=None, help="work folder [default: benchmarks/work/NAME]")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
@@ -365,6 +388,7 @@ def main(argv=None) -> int:
     config, split = phantom(args)
     specs = [parse_trainer(t) for t in args.trainers]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    tier = tier_of(args)
     epochs = args.steps // args.iterations
     if args.shared_burn_in and epochs % 2:
         p.error("--shared-burn-in needs an even number of epochs (--steps / --iterations)")
@@ -381,10 +405,10 @@ def main(argv=None) -> int:
         upper = args.upper_bound and (seed == args.seeds[0] or UPPER not in args.first_seed_only)
         if args.reference_from:
             print(f"seed {seed}: reusing {args.reference_from}'s phantom, pool and {seed_runs[0].label}", flush=True)
-            envs[seed] = reuse_seed(os.path.abspath(args.reference_from), seed_work, seed_runs[0], upper)
+            envs[seed] = reuse_seed(os.path.abspath(args.reference_from), seed_work, seed_runs[0], upper, tier)
         else:
             print(f"seed {seed}: preparing the phantom, plans and pool", flush=True)
-            envs[seed] = prepare_seed(seed_work, seed, upper, config, split)
+            envs[seed] = prepare_seed(seed_work, seed, upper, config, split, tier)
         if args.shared_burn_in:
             seed_runs[0].snapshot_epoch = epochs // 2
             for r in seed_runs[1:]:
@@ -399,7 +423,7 @@ def main(argv=None) -> int:
     runs.sort(key=lambda r: r.start_from is not None)  # references first: a waiting run never blocks its own
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(train_and_score, r, os.path.join(work, f"seed_{r.seed}"), envs[r.seed], epochs,
-                               args.iterations, threads): r for r in runs}
+                               args.iterations, threads, tier): r for r in runs}
         for future in concurrent.futures.as_completed(futures):
             try:
                 r = future.result()
@@ -418,17 +442,33 @@ def main(argv=None) -> int:
     return write_result(args, argv, work, records, start)
 
 
+def tier_of(args) -> Tier:
+    cuda = args.device == "cuda"
+    workers = args.data_workers if args.data_workers is not None else (
+        max(1, (os.cpu_count() or 1) // args.jobs) if cuda else 0)
+    return Tier(args.device, args.plans or ("nnUNetPlans" if cuda else demo.PLANS), workers)
+
+
 def phantom(args):
     """The phantom preset and split the arguments ask for."""
     from nnunet_dinomix.phantom.dataset import PhantomSplit
     from nnunet_dinomix.phantom.generator import phantom_config
-    return phantom_config(args.phantom, args.shape), PhantomSplit(n_labeled=args.labeled, labeled_cover_all_classes=True)
+    split = PhantomSplit(n_labeled=args.labeled, labeled_cover_all_classes=True)
+    return phantom_config(args.phantom, args.shape), split
+
+
+def machine_accelerator(tier: Tier) -> str:
+    if tier.device == "cpu":
+        return "CPU only"
+    import torch
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda (not visible to this process)"
 
 
 def write_result(args, argv, work: str, records: List[dict], start: float) -> int:
     from nnunet_dinomix.phantom.dataset import dataset_folder_name, summarise_labels
     from nnunet_dinomix.evaluation.report import tail_classes
     config, split = phantom(args)
+    tier = tier_of(args)
     specs = [parse_trainer(t) for t in args.trainers]
     labels = [s[0] for s in specs] + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else [])
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -439,15 +479,16 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     command = "python benchmarks/ssl_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"# Semi-supervised quality on held-out phantom cases: {args.name}", "",
               f"- date: {date.today().isoformat()}",
-              f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, CPU only; {args.jobs} runs side by side "
-              f"with {threads} thread(s) each",
+              f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {machine_accelerator(tier)}; "
+              f"{args.jobs} runs side by side with {threads} thread(s) each",
               f"- command: `{command}`",
-              f"- data: per seed a fresh '{args.phantom}' phantom ({split.n_labeled} labeled that show every class together, "
-              f"{split.n_unlabeled} unlabeled, {split.n_test} test cases, shape {config.shape}); "
-              f"plans nnUNetPlansTinyCPU; fold 'all'",
+              f"- data: per seed a fresh '{args.phantom}' phantom ({split.n_labeled} labeled that show every class "
+              f"together, {split.n_unlabeled} unlabeled, {split.n_test} test cases, shape {config.shape}); "
+              f"plans {tier.plans}; fold 'all'",
               f"- training: {args.steps} optimizer steps for every run ({epochs} epochs x {args.iterations}), burn-in "
-              f"counted; nnUNet_n_proc_DA=0; the runs of one seed share DINOMIX_SEED (the same initial weights and "
-              f"labeled batches, so a semi-supervised trainer's burn-in repeats the reference's first steps)"
+              f"counted; nnUNet_n_proc_DA={tier.data_workers}; the runs of one seed share DINOMIX_SEED (the same "
+              f"initial weights and labeled batches, so a semi-supervised trainer's burn-in repeats the reference's "
+              f"first steps)"
               + ("; shared burn-in: the other runs start from the reference's checkpoint at half the steps "
                  "(nnU-Net's --c), and their wall-clock includes the reference's time to that point"
                  if args.shared_burn_in else ""),
