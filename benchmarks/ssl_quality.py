@@ -2,10 +2,11 @@
 
 For every seed: a fresh phantom draw (its own labeled, unlabeled and test cases, with the unlabeled cases' true
 labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the tier's plans (the tiny CPU plans, or
-with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every trainer is trained with the same labeled cases for the same number of optimizer steps (burn-in counted),
-predicts the held-out test cases with ``nnUNetv2_predict --disable_tta`` and is scored with
-``nnUNetv2_evaluate_folder``. ``--upper-bound`` adds plain nnU-Net trained on every training case with its true
-label (the labeled and the unlabeled ones), the bound semi-supervised learning is reported between.
+with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every trainer is trained with the same labeled
+cases for the same number of optimizer steps (burn-in counted), predicts the held-out test cases with
+``nnUNetv2_predict --disable_tta`` and is scored with ``nnUNetv2_evaluate_folder``. ``--upper-bound`` adds plain
+nnU-Net trained on every training case with its true label (the labeled and the unlabeled ones), the bound
+semi-supervised learning is reported between.
 
 The report (benchmarks/results/NAME.md) has per-seed per-class Dice, mean ± std over seeds, the paired
 difference of every trainer to the first (the reference, plain nnU-Net), the share of the gap between the
@@ -36,6 +37,7 @@ import numpy as np
 
 from nnunet_dinomix.cli import demo
 from nnunet_dinomix.commands import executable as exe, nnunet_env, run as run_command
+from nnunet_dinomix.phantom.generator import PRESETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget"]
@@ -351,8 +353,8 @@ def main(argv=None) -> int:
                    help=f"trainers run on the first seed only (diagnostic recipes; '{UPPER}' for the bound)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (cores are shared among them)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
-    p.add_argument("--phantom", default="default", help="phantom preset (nnunet_dinomix.phantom.generator.PRESETS): "
-                                                        "'default' or 'label_limited'")
+    p.add_argument("--phantom", default="default", choices=sorted(PRESETS),
+                   help="phantom preset (nnunet_dinomix.phantom.generator.PRESETS) [default: default]")
     p.add_argument("--labeled", type=int, default=4, help="labeled cases per seed (16 unlabeled, 6 test), drawn "
                                                           "to show every class together")
     p.add_argument("--anchor", action="store_true",

@@ -20,7 +20,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_dinomix.errors import DinoMixError
-
 from nnunet_dinomix.paths import (DIAGNOSTIC_LABELS_FOLDER, UNLABELED_RAW_FOLDER, dataset_folder_name,  # noqa: F401
                                   refuse_used_dataset_id)
 from nnunet_dinomix.phantom.generator import LABELS, PhantomConfig, class_voxel_counts, make_case
