@@ -61,22 +61,19 @@ def write_phantom_dataset(raw_root: str, dataset_id: int = 990, name: str = "Din
     totals = np.zeros(len(LABELS), dtype=np.int64)
     groups = [("imagesTr", split.n_labeled, 0), (UNLABELED_RAW_FOLDER, split.n_unlabeled, 100),
               ("imagesTs", split.n_test, 200)]
-    seen = np.zeros(len(LABELS), dtype=bool)
     for group, n, first_index in groups:
         for i in range(n):
             case = f"case_{first_index + i:04d}"
             image, label = make_case(rng, config)
             if group == "imagesTr" and split.labeled_cover_all_classes and i == n - 1:
                 for _ in range(MAX_REDRAWS):
-                    if (seen | (np.bincount(label.ravel(), minlength=len(LABELS)) > 0)).all():
+                    if (totals + np.bincount(label.ravel(), minlength=len(LABELS)) > 0).all():
                         break
                     image, label = make_case(rng, config)
                 else:
                     raise DinoMixError(f"{MAX_REDRAWS} draws of the last labeled case did not complete the classes "
                                        f"of the labeled cases at shape {config.shape}; the smallest organs vanish "
                                        "at this size: use a larger --shape or more labeled cases.")
-            if group == "imagesTr":
-                seen |= np.bincount(label.ravel(), minlength=len(LABELS)) > 0
             _write(image, config.spacing, os.path.join(sub[group], f"{case}_0000{FILE_ENDING}"), np.int16)
             if group == "imagesTr":
                 _write(label, config.spacing, os.path.join(sub["labelsTr"], case + FILE_ENDING), np.uint8)
