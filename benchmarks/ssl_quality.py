@@ -283,6 +283,8 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
     classes = [c for c in LABELS if c != "background"]
     seeds = sorted({r["seed"] for r in records})
     by = {(r["label"], r["seed"]): r for r in records}
+    # a run stopped before it scored has no record: no column (the reference always has one)
+    labels = [labels[0]] + [l for l in labels[1:] if any(l == r["label"] for r in records)]
 
     def metric(r, name):
         if name == "mean (foreground)":
@@ -308,7 +310,7 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
                  for s in seeds if (l, s) in by and (ref, s) in by]
             cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    if any(l == UPPER for l in labels):
+    if any(l == UPPER for l in labels) and len(labels) > 2:  # some trainer between the two bounds
         out += ["", f"## Share of the gap between {ref} and the upper bound that each trainer closes "
                     "(seeds with a bound)", "",
                 "| metric | " + " | ".join(l for l in labels[1:] if l != UPPER) + " |",
