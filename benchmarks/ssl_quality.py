@@ -283,7 +283,7 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
     classes = [c for c in LABELS if c != "background"]
     seeds = sorted({r["seed"] for r in records})
     by = {(r["label"], r["seed"]): r for r in records}
-    # a run stopped before it scored has no record: no column (the reference always has one)
+    # a run stopped before it scored has no record, and gets no column; the reference keeps its column regardless
     labels = [labels[0]] + [l for l in labels[1:] if any(l == r["label"] for r in records)]
 
     def metric(r, name):
