@@ -18,6 +18,10 @@ trainer's burn-in repeats plain nnU-Net's training step for step. Benchmarks use
 random numbers), so that a difference between trainers is not the luck of the initialisation. Under DDP each rank
 draws its own batches (the rank is mixed into the second seed).
 
+``random_stream`` (settable through ``DINOMIX_TRAINER_SETTINGS``; default 0) keeps the initial weights but draws
+another stream of batches from ``on_train_start`` on: runs that differ only in it measure how much a trainer's
+result moves with the luck of the batches alone, the noise floor of a paired difference at one seed.
+
 ``snapshot_epochs`` (settable through ``DINOMIX_TRAINER_SETTINGS``) keeps ``checkpoint_epoch_<E>.pth`` after epoch
 ``E``, resumable with ``--c`` like nnU-Net's own ``checkpoint_latest.pth``.
 
@@ -93,6 +97,9 @@ def _with_budget(parent: type) -> type:
         # epochs after which a copy of the checkpoint is kept as checkpoint_epoch_<E>.pth (benchmarks start
         # semi-supervised runs from the reference's snapshot instead of repeating its burn-in)
         self.snapshot_epochs: tuple = ()
+        # 0: the batches of DINOMIX_SEED; k > 0: the same initial weights, but the k-th other stream of batches and
+        # augmentations from on_train_start on (benchmarks measure the run-to-run noise of a paired comparison)
+        self.random_stream = 0
         apply_budget_from_env(self)
         self.budget_seed = seed_from_env()
         if self.budget_seed is not None:
@@ -106,7 +113,7 @@ def _with_budget(parent: type) -> type:
     def on_train_start(self):
         parent.on_train_start(self)
         if self.budget_seed is not None:  # the same batches, whatever the set-up drew before; per DDP rank its own
-            seed_everything(self.budget_seed + 1, stream=self.local_rank)
+            seed_everything(self.budget_seed + 1, stream=self.local_rank + 1000 * int(self.random_stream))
 
     def on_epoch_end(self):
         finished = self.current_epoch + 1

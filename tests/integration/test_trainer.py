@@ -236,6 +236,15 @@ def test_a_shared_seed_makes_burn_in_repeat_plain_nnunet_step_for_step(phantom_w
     assert not all(torch.equal(a, b) for a, b in zip(w_plain, w_other)) and loss_other[0] != loss_plain[0]
 
 
+def test_another_random_stream_keeps_the_weights_and_changes_the_batches(phantom_with_pool, monkeypatch):
+    monkeypatch.setenv("DINOMIX_SEED", "3")
+    w_first, loss_first, _ = _seeded_burn_in("nnUNetTrainerBudget", steps=1)
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"random_stream": 1}')
+    w_other, loss_other, _ = _seeded_burn_in("nnUNetTrainerBudget", steps=1)
+    assert all(torch.equal(a, b) for a, b in zip(w_first, w_other))
+    assert loss_other[0] != loss_first[0]
+
+
 def test_a_bad_seed_is_refused(phantom_with_pool, monkeypatch):
     monkeypatch.setenv("DINOMIX_SEED", "-1")
     with pytest.raises(ValueError, match="DINOMIX_SEED"):
