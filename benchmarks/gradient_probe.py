@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from typing import Dict, List
@@ -105,12 +106,11 @@ def main(argv=None) -> int:
     folder = os.path.abspath(args.seed_folder)
     os.environ.update(nnUNet_raw=os.path.join(folder, "nnUNet_raw"),
                       nnUNet_preprocessed=os.path.join(folder, "nnUNet_preprocessed"),
-                      nnUNet_n_proc_DA="0",
-                      nnUNet_compile="0", DINOMIX_SEED=str(args.seed), DINOMIX_TRAINER_SETTINGS=args.settings,
+                      nnUNet_n_proc_DA="0", nnUNet_compile="0", DINOMIX_SEED=str(args.seed), DINOMIX_TRAINER_SETTINGS=args.settings,
                       DINOMIX_NUM_EPOCHS=str(args.epochs), DINOMIX_ITERATIONS_PER_EPOCH=str(args.iterations))
     from nnunet_dinomix.commands import nnunet_env
     os.environ.update(nnunet_env(folder, "cpu"))
-    os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="gradient_probe_")  # nnU-Net's log lands here
+    log_folder = os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="gradient_probe_")  # nnU-Net's log
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -118,12 +118,13 @@ def main(argv=None) -> int:
                                     device=torch.device("cpu"))
     trainer.disable_checkpointing = True
     trainer.on_train_start()
+    # the teacher: the checkpoint's EMA teacher, or for a plain nnU-Net checkpoint the student (as after burn-in)
     trainer.load_checkpoint(args.checkpoint)
-    # the teacher: the checkpoint's EMA teacher, or the student for a plain nnU-Net checkpoint (as after burn-in)
     trainer.on_train_epoch_start()  # the class gate from the loaded Dice history
     trainer.network.train()
     rows = probe(trainer, args.batches, args.weight)
     trainer.on_train_end()
+    shutil.rmtree(log_folder, ignore_errors=True)
     print(f"checkpoint: {args.checkpoint} (epoch {trainer.current_epoch}); trainer {args.trainer} {args.settings}; "
           f"w = {args.weight}")
     print(summary(rows))
