@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--plans", default="nnUNetPlansTinyCPU")
     p.add_argument("--dataset", default="990")
     p.add_argument("--settings", default="{}", help="JSON trainer attributes, as DINOMIX_TRAINER_SETTINGS")
-    p.add_argument("--weight", type=float, default=0.5, help="the unlabeled weight w of the step")
+    p.add_argument("--weight", type=float, default=None,
+                   help="the unlabeled weight w of the step [default: the trainer's unsup_weight_max]")
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--epochs", type=int, default=48, help="the run's length, for the recipe's schedules")
@@ -104,13 +105,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     folder = os.path.abspath(args.seed_folder)
-    os.environ.update(nnUNet_raw=os.path.join(folder, "nnUNet_raw"),
-                      nnUNet_preprocessed=os.path.join(folder, "nnUNet_preprocessed"),
-                      nnUNet_n_proc_DA="0", nnUNet_compile="0", DINOMIX_SEED=str(args.seed), DINOMIX_TRAINER_SETTINGS=args.settings,
-                      DINOMIX_NUM_EPOCHS=str(args.epochs), DINOMIX_ITERATIONS_PER_EPOCH=str(args.iterations))
     from nnunet_dinomix.commands import nnunet_env
-    os.environ.update(nnunet_env(folder, "cpu"))
-    log_folder = os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="gradient_probe_")  # nnU-Net's log
+    os.environ.update(nnunet_env(folder, "cpu"))  # nnU-Net's folders of that seed, the trainer folder, no compile
+    log_folder = tempfile.mkdtemp(prefix="gradient_probe_")  # nnU-Net's log; nothing else is written
+    os.environ.update(nnUNet_results=log_folder, nnUNet_n_proc_DA="0", DINOMIX_SEED=str(args.seed),
+                      DINOMIX_TRAINER_SETTINGS=args.settings, DINOMIX_NUM_EPOCHS=str(args.epochs),
+                      DINOMIX_ITERATIONS_PER_EPOCH=str(args.iterations))
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -122,11 +122,12 @@ def main(argv=None) -> int:
     trainer.load_checkpoint(args.checkpoint)
     trainer.on_train_epoch_start()  # the class gate from the loaded Dice history
     trainer.network.train()
-    rows = probe(trainer, args.batches, args.weight)
+    weight = trainer.unsup_weight_max if args.weight is None else args.weight
+    rows = probe(trainer, args.batches, weight)
     trainer.on_train_end()
     shutil.rmtree(log_folder, ignore_errors=True)
     print(f"checkpoint: {args.checkpoint} (epoch {trainer.current_epoch}); trainer {args.trainer} {args.settings}; "
-          f"w = {args.weight}")
+          f"w = {weight}")
     print(summary(rows))
     print(json.dumps(rows))
     return 0
