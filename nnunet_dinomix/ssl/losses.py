@@ -9,6 +9,12 @@ ignore label (tested). Inputs: logits ``(B, C, *spatial)``, integer targets ``(B
 The unlabeled loss is a choice (:data:`UNLABELED_LOSSES`): CE only (DHC, and safe for classes absent from a
 masked pseudo-label), nnU-Net's per-sample Dice + CE, or Dice + CE with the Dice over the whole batch (a class
 absent from one sample's pseudo-label is then not pushed to zero there).
+
+A *marginal background* (``merged``, a (K,) bool over classes) reads a background pseudo-label as "background or
+one of the merged classes": the CE of a background voxel is ``-log(p_0 + sum_{c merged} p_c)``, and the Dice
+leaves the merged classes out. The teacher's background is evidence against the classes it segments, not against
+those it has not learned yet (the partial-label marginal loss of Shi et al., MedIA 2021; Fang & Yan's target
+adaptive loss, TMI 2020), so a class the gate holds closed is never pushed down where the teacher sees nothing.
 """
 from __future__ import annotations
 
@@ -22,17 +28,33 @@ def _as_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t if t.ndim == ndim else t.unsqueeze(1)
 
 
+def marginal_background_nll(logits: torch.Tensor, target: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """Per-voxel negative log-likelihood ``(B, *spatial)`` where background (0) stands for background or any class
+    with ``merged[c]``; every other target is plain CE. ``merged[0]`` is ignored."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    nll = -log_p.gather(1, target.unsqueeze(1))[:, 0]
+    group = merged.to(logits.device).clone()
+    group[0] = True
+    background_or_merged = torch.logsumexp(log_p[:, group], dim=1)
+    return torch.where(target == 0, -background_or_merged, nll)
+
+
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                         class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         class_weights: Optional[torch.Tensor] = None,
+                         merged: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean CE over the masked voxels (mask values act as weights); 0 if the mask is empty.
 
     ``class_weights`` (K,) additionally weight each voxel by its target class, normalised by the total weight as
-    ``F.cross_entropy(weight=...)`` does, so the loss stays a mean CE whatever the weights' scale."""
+    ``F.cross_entropy(weight=...)`` does, so the loss stays a mean CE whatever the weights' scale. ``merged`` (K,)
+    bool: the marginal background (:func:`marginal_background_nll`)."""
     target = _as_channel(target, logits.ndim)[:, 0].long()
     mask = _as_channel(mask, logits.ndim)[:, 0].to(logits.dtype)
     if class_weights is not None:
         mask = mask * class_weights.to(logits.device, logits.dtype)[target]
-    ce = F.cross_entropy(logits, target, reduction="none")
+    if merged is not None and bool(merged[1:].any()):
+        ce = marginal_background_nll(logits, target, merged)
+    else:
+        ce = F.cross_entropy(logits, target, reduction="none")
     denominator = mask.sum()
     if denominator <= 0:
         return logits.sum() * 0.0  # keeps the graph (and DDP) intact
@@ -40,8 +62,10 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
 
 
 def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, batch_dice: bool,
-                     do_bg: bool = False, smooth: float = 1e-5) -> torch.Tensor:
-    """Negative soft Dice of ``softmax(logits)`` against ``target`` on masked voxels, averaged over classes."""
+                     do_bg: bool = False, smooth: float = 1e-5,
+                     merged: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Negative soft Dice of ``softmax(logits)`` against ``target`` on masked voxels, averaged over classes (those
+    with ``merged[c]`` left out)."""
     probs = torch.softmax(logits, dim=1)
     target = _as_channel(target, logits.ndim).long()
     mask = _as_channel(mask, logits.ndim).to(probs.dtype)
@@ -58,29 +82,34 @@ def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     if batch_dice:
         intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
     dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
+    if merged is not None:
+        kept = ~merged.to(dice.device)[0 if do_bg else 1:]
+        dice = dice[..., kept]
     return -dice.mean()
 
 
 def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, batch_dice: bool,
                    weight_ce: float = 1.0, weight_dice: float = 1.0,
-                   class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return (weight_ce * masked_cross_entropy(logits, target, mask, class_weights) +
-            weight_dice * masked_soft_dice(logits, target, mask, batch_dice))
+                   class_weights: Optional[torch.Tensor] = None,
+                   merged: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return (weight_ce * masked_cross_entropy(logits, target, mask, class_weights, merged) +
+            weight_dice * masked_soft_dice(logits, target, mask, batch_dice, merged=merged))
 
 
 UNLABELED_LOSSES = ("ce", "dice_ce", "batch_dice_ce")
 
 
 def unlabeled_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, batch_dice: bool,
-                   class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   class_weights: Optional[torch.Tensor] = None,
+                   merged: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The loss against pseudo-labels: ``kind`` from :data:`UNLABELED_LOSSES`; ``batch_dice`` is the plans'
-    setting, used by ``dice_ce``."""
+    setting, used by ``dice_ce``; ``merged``: the classes a background pseudo-label does not rule out."""
     if kind == "ce":
-        return masked_cross_entropy(logits, target, mask, class_weights)
+        return masked_cross_entropy(logits, target, mask, class_weights, merged)
     if kind == "dice_ce":
-        return masked_dice_ce(logits, target, mask, batch_dice, class_weights=class_weights)
+        return masked_dice_ce(logits, target, mask, batch_dice, class_weights=class_weights, merged=merged)
     if kind == "batch_dice_ce":
-        return masked_dice_ce(logits, target, mask, True, class_weights=class_weights)
+        return masked_dice_ce(logits, target, mask, True, class_weights=class_weights, merged=merged)
     raise ValueError(f"unknown unlabeled loss {kind!r}; choose one of {UNLABELED_LOSSES}")
 
 

@@ -72,6 +72,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         # online validation, averaged over epochs with class_gate_momentum) reaches class_gate_dice; None: no gate
         self.class_gate_dice: Optional[float] = None
         self.class_gate_momentum = 0.5
+        # marginal background: on unlabeled voxels, a background pseudo-label means "background or a class the gate
+        # holds closed", so the unlabeled loss never pushes down a class the teacher has not learned yet
+        self.unsup_marginal_background = False
         self.student_noise_std = 0.1  # on nnU-Net's normalised intensities
         # a supervised nnU-Net checkpoint of this dataset to start from (burn-in skipped); None: the
         # -pretrained_weights of nnUNetv2_train's command line, if given
@@ -146,12 +149,20 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         if not bool(rows.any()):
             return loss_sup, outputs[0].sum() * 0.0
         class_weights = self.class_balance.weights if self.class_balance is not None else None
+        merged = self.marginal_classes()
         loss_unsup = deep_supervision_sum(
             lambda o, y, m: unlabeled_loss(self.unsup_loss, o, y, m, self.configuration_manager.batch_dice,
-                                           class_weights),
+                                           class_weights, merged),
             weights, [o[rows] for o in outputs], downsample_nearest(mixed.label[rows], scales),
             downsample_nearest(mixed.pseudo_weight[rows], scales))
         return loss_sup, loss_unsup
+
+    def marginal_classes(self) -> Optional[torch.Tensor]:
+        """(K,) bool: the classes a background pseudo-label does not rule out (the gate's closed ones), or None."""
+        gate = None if self.pseudo_labeller is None else self.pseudo_labeller.reliable
+        if not self.unsup_marginal_background or gate is None:
+            return None
+        return ~gate
 
     def auxiliary_losses(self, features, mixed: MixBatch) -> Dict[str, torch.Tensor]:
         """Weighted auxiliary terms by log name (``train_loss_<name>``); none in Mean Teacher."""
@@ -173,6 +184,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
 
     def check_recipe(self) -> None:
         """Refuse settings that cannot run, before anything is built."""
+        if self.unsup_marginal_background and self.class_gate_dice is None:
+            raise DinoMixError(f"{self.__class__.__name__}: unsup_marginal_background merges the classes the class gate "
+                               f"holds closed into background; set class_gate_dice (e.g. 0.8) as well.")
         burn_in, total = self.burn_in_length(), self.total_steps
         if not 0 <= burn_in <= total:
             raise DinoMixError(
@@ -275,7 +289,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             f"Recipe: burn-in {self.burn_in_length()} of {self.total_steps} iterations; unlabeled loss "
             f"{self.unsup_loss} x {self.unsup_weight_max} (ramp {self.unsup_rampup_fraction} of the rest), class "
             f"weighting {self.unsup_class_weighting}, confidence rule {self.confidence_rule} "
-            f"({self.confidence_threshold}), class gate {self.class_gate_dice}; mixer "
+            f"({self.confidence_threshold}), class gate {self.class_gate_dice}, marginal background "
+            f"{self.unsup_marginal_background}; mixer "
             f"{type(self.mixer).__name__ if self.mixer else None}")
 
     # ------------------------------------------------------------------ logging and pseudo-label diagnostics

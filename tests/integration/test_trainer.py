@@ -94,6 +94,14 @@ def test_a_burn_in_longer_than_the_run_is_refused(phantom_with_pool):
     assert t.network is None
 
 
+def test_a_marginal_background_without_the_class_gate_is_refused(phantom_with_pool):
+    t = _trainer(DATASET_ID)
+    t.unsup_marginal_background = True
+    with pytest.raises(DinoMixError, match="set class_gate_dice"):
+        t.on_train_start()
+    assert t.network is None
+
+
 def test_class_gate_follows_nnunet_logged_dice_and_masks_closed_classes(started):
     """The gate reads the Dice nnU-Net's validation logged (through its real logger) at each epoch start: a class
     below ``class_gate_dice`` gives no trusted pseudo-label, and with every class closed only background whose
@@ -109,6 +117,10 @@ def test_class_gate_follows_nnunet_logged_dice_and_masks_closed_classes(started)
     out = t.train_step(next(t.dataloader_train))
     trusted_per_class = out["pl_counts"][1]  # trusted pseudo-labels per class
     assert trusted_per_class[1] > 0 and trusted_per_class[2:].sum() == 0
+    assert t.marginal_classes() is None  # off by default
+    t.unsup_marginal_background = True  # background pseudo-labels then stand for "background or a closed class"
+    assert t.marginal_classes().tolist() == [False, False] + [True] * (len(names) - 1)
+    assert torch.isfinite(torch.as_tensor(t.train_step(next(t.dataloader_train))["train_loss_unsup"]))
     t.logger.log("dice_per_class_or_region", [0.0] * len(names), 1)
     t.current_epoch = 2
     t.on_train_epoch_start()  # liver's average falls to 0.475: closed as well

@@ -154,3 +154,42 @@ def test_ema_teacher_does_not_inherit_the_students_hooks():
     tap.remove()
     student(torch.randn(1, 1, 2, 2, 2))
     assert tap.features is None
+
+
+def test_marginal_background_reads_background_as_background_or_merged_class():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, 5, requires_grad=True)
+    target = torch.randint(0, 4, (2, 1, 3, 5, 5))
+    mask = torch.ones_like(target, dtype=torch.float32)
+    nothing = torch.zeros(4, dtype=torch.bool)
+    assert torch.allclose(masked_cross_entropy(logits, target, mask, merged=nothing),
+                          masked_cross_entropy(logits, target, mask))
+    merged = torch.tensor([False, False, True, False])
+    loss = masked_cross_entropy(logits, target, mask, merged=merged)
+    p = torch.softmax(logits, 1)
+    t = target[:, 0]
+    expected = torch.where(t == 0, -torch.log(p[:, 0] + p[:, 2]), -torch.log(p.gather(1, t.unsqueeze(1))[:, 0]))
+    assert torch.allclose(loss, expected.mean(), atol=1e-6)
+    # on background voxels the plain CE pushes the merged class down; the marginal one never does
+    background = (t == 0).unsqueeze(1).float()
+    plain_grad, = torch.autograd.grad(masked_cross_entropy(logits, target, background), logits)
+    marginal_grad, = torch.autograd.grad(masked_cross_entropy(logits, target, background, merged=merged), logits)
+    on_bg = t == 0
+    assert bool((plain_grad[:, 2][on_bg] > 0).all())
+    assert bool((marginal_grad[:, 2][on_bg] <= 1e-9).all())
+
+
+def test_marginal_background_leaves_merged_classes_out_of_the_dice():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 4, 4, 6, 6)
+    target = torch.randint(0, 4, (1, 1, 4, 6, 6))
+    mask = torch.ones_like(target, dtype=torch.float32)
+    merged = torch.tensor([False, True, False, False])
+    probs = torch.softmax(logits, 1)
+    onehot = torch.cat([(target == c).float() for c in range(4)], 1)
+    dice = [(2 * (probs[:, c] * onehot[:, c]).sum() + 1e-5) / (probs[:, c].sum() + onehot[:, c].sum() + 1e-5)
+            for c in (2, 3)]
+    assert torch.allclose(masked_soft_dice(logits, target, mask, False, merged=merged), -torch.stack(dice).mean(),
+                          atol=1e-6)
+    assert not torch.allclose(masked_soft_dice(logits, target, mask, False, merged=merged),
+                              masked_soft_dice(logits, target, mask, False), atol=1e-4)
