@@ -185,8 +185,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     def check_recipe(self) -> None:
         """Refuse settings that cannot run, before anything is built."""
         if self.unsup_marginal_background and self.class_gate_dice is None:
-            raise DinoMixError(f"{self.__class__.__name__}: unsup_marginal_background merges the classes the class gate "
-                               f"holds closed into background; set class_gate_dice (e.g. 0.8) as well.")
+            raise DinoMixError(f"{self.__class__.__name__}: unsup_marginal_background merges the classes the class "
+                               f"gate holds closed into background; set class_gate_dice (e.g. 0.8) as well.")
         burn_in, total = self.burn_in_length(), self.total_steps
         if not 0 <= burn_in <= total:
             raise DinoMixError(
