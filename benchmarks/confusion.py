@@ -1,0 +1,67 @@
+"""What does a model call each class's voxels? The row-normalised confusion matrix of predictions against labels.
+
+A Dice of 0 can mean "never found" (the row's mass on background) or "found and named wrongly" (mass on another
+class: a left kidney called right). Run on a prediction folder of ``ssl_quality.py`` and its reference labels::
+
+    python benchmarks/confusion.py benchmarks/work/RUN/seed_1/nnUNet_raw/Dataset990_DinoMixPhantom/labelsTs \
+        benchmarks/work/RUN/seed_1/predictions/LABEL [more prediction folders]
+
+Prints one Markdown table per prediction folder: rows are true classes, columns predicted ones, in % of the row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List
+
+import numpy as np
+
+
+def confusion(labels_folder: str, predictions_folder: str, num_classes: int, file_ending: str) -> np.ndarray:
+    import SimpleITK as sitk
+
+    cases = sorted(f for f in os.listdir(labels_folder) if f.endswith(file_ending))
+    if not cases:
+        raise SystemExit(f"no {file_ending} labels in {labels_folder}")
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for case in cases:
+        prediction = os.path.join(predictions_folder, case)
+        if not os.path.isfile(prediction):
+            raise SystemExit(f"{prediction} is missing: predict every case of {labels_folder} first")
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels_folder, case))).astype(np.int64).ravel()
+        predicted = sitk.GetArrayFromImage(sitk.ReadImage(prediction)).astype(np.int64).ravel()
+        counts += np.bincount(truth * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, -1)
+    return counts
+
+
+def table(counts: np.ndarray, names: List[str]) -> str:
+    lines = ["| true \\ predicted | " + " | ".join(names) + " | voxels |", "|---|" + "---:|" * (len(names) + 1)]
+    for c, name in enumerate(names):
+        total = counts[c].sum()
+        row = counts[c] / max(total, 1) * 100
+        lines.append(f"| {name} | " + " | ".join(f"{v:.0f}" for v in row) + f" | {total} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("labels", help="folder of reference label files (e.g. the raw dataset's labelsTs)")
+    p.add_argument("predictions", nargs="+", help="prediction folders with the same file names")
+    p.add_argument("--dataset-json", default=None,
+                   help="the dataset.json with the label names [default: the one next to the labels folder]")
+    args = p.parse_args(argv)
+    dataset_json = args.dataset_json or os.path.join(os.path.dirname(os.path.abspath(args.labels)), "dataset.json")
+    with open(dataset_json) as f:
+        dataset = json.load(f)
+    labels = sorted(dataset["labels"].items(), key=lambda kv: int(kv[1]))
+    names = [name for name, _ in labels]
+    for folder in args.predictions:
+        counts = confusion(args.labels, folder, len(names), dataset.get("file_ending", ".nii.gz"))
+        print(f"{folder}\n\n{table(counts, names)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
