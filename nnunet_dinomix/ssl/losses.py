@@ -84,6 +84,8 @@ def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
     if merged is not None:
         kept = ~merged.to(dice.device)[0 if do_bg else 1:]
+        if not bool(kept.any()):  # every class merged into background: nothing for the Dice to score
+            return probs.sum() * 0.0
         dice = dice[..., kept]
     return -dice.mean()
 

@@ -193,3 +193,5 @@ def test_marginal_background_leaves_merged_classes_out_of_the_dice():
                           atol=1e-6)
     assert not torch.allclose(masked_soft_dice(logits, target, mask, False, merged=merged),
                               masked_soft_dice(logits, target, mask, False), atol=1e-4)
+    everything = torch.tensor([False, True, True, True])  # all foreground closed: no Dice term, no NaN
+    assert float(masked_soft_dice(logits, target, mask, False, merged=everything)) == 0.0
