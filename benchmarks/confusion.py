@@ -6,7 +6,8 @@ class: a left kidney called right). Run on a prediction folder of ``ssl_quality.
     python benchmarks/confusion.py benchmarks/work/RUN/seed_1/nnUNet_raw/Dataset990_DinoMixPhantom/labelsTs \
         benchmarks/work/RUN/seed_1/predictions/LABEL [more prediction folders]
 
-Prints one Markdown table per prediction folder: rows are true classes, columns predicted ones, in % of the row.
+Prints one Markdown table per prediction folder: rows are true classes, columns predicted ones, in % of the row;
+``pred / true`` is the predicted volume of the class over its true volume (above 1: the class grows into others).
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def confusion(labels_folder: str, predictions_folder: str, num_classes: int, fil
 
 
 def table(counts: np.ndarray, names: List[str]) -> str:
-    lines = ["| true \\ predicted | " + " | ".join(names) + " | voxels |", "|---|" + "---:|" * (len(names) + 1)]
+    lines = ["| true \\ predicted | " + " | ".join(names) + " | voxels | pred / true |",
+             "|---|" + "---:|" * (len(names) + 2)]
     for c, name in enumerate(names):
         total = counts[c].sum()
         row = counts[c] / max(total, 1) * 100
-        lines.append(f"| {name} | " + " | ".join(f"{v:.0f}" for v in row) + f" | {total} |")
+        lines.append(f"| {name} | " + " | ".join(f"{v:.0f}" for v in row) +
+                     f" | {total} | {counts[:, c].sum() / max(total, 1):.2f} |")
     return "\n".join(lines)
 
 
