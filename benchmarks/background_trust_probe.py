@@ -1,8 +1,9 @@
 """Where does the teacher call a not-yet-learned organ "background", and which rule would stop trusting it there?
 
 With the class gate on, a class the model does not yet segment on labeled data gives no pseudo-labels; but the
-background the teacher predicts on that organ's voxels is still trusted, and teaches the student to erase the organ
-(the harm left after the gate, benchmarks/results/pl_diagnostics_label_limited_2400.md). This probe draws
+background the teacher predicts on that organ's voxels is still trusted, and where background carries weight in the
+unlabeled loss (not under DistDW, which weighs it 0) it teaches the student to erase the organ
+(benchmarks/results/background_trust_and_confusion_label_limited.md). This probe draws
 unlabeled batches exactly as training does (the pool's diagnostics truth comes along), runs the checkpoint's teacher,
 and for candidate rules that withhold background trust near closed classes reports:
 
