@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from checkpoint_probe import add_arguments, trainer_at_checkpoint  # noqa: E402  (benchmarks/, the script's folder)
 
 MASS_THRESHOLDS = (0.01, 0.03, 0.1)
 MARGINS = (1, 2, 4)
@@ -87,47 +87,20 @@ def probe(trainer, batches: int) -> Tuple[List[str], Dict[str, Dict[str, float]]
                 else:  # supervision lost on a class the rule should keep
                     key, hit = ("bg lost" if c == 0 else "open lost"), ~trusted & on_c
                 row[key] = row.get(key, 0.0) + float(hit.sum())
-    table = {}
-    open_total = float(sum(totals[c] for c in range(1, k) if c not in closed))
-    for name, row in counts.items():
-        table[name] = {key: value / max(1.0, float(totals[names.index(key)]) if key in names else
-                                        (float(totals[0]) if key == "bg lost" else open_total))
-                       for key, value in row.items()}
+    denominators = {names[c]: float(totals[c]) for c in closed}
+    denominators["bg lost"] = float(totals[0])
+    denominators["open lost"] = float(sum(totals[c] for c in range(1, k) if c not in closed))
+    table = {name: {key: value / max(1.0, denominators[key]) for key, value in row.items()}
+             for name, row in counts.items()}
     return [names[c] for c in closed], table
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("seed_folder", help="a seed folder of ssl_quality.py (holds nnUNet_raw and nnUNet_preprocessed)")
-    p.add_argument("checkpoint", help="the checkpoint whose teacher is probed (a plain one: its network)")
-    p.add_argument("--trainer", default="nnUNetTrainerDinoMixNoFKDBudget")
-    p.add_argument("--plans", default="nnUNetPlansTinyCPU")
-    p.add_argument("--dataset", default="990")
-    p.add_argument("--settings", default='{"class_gate_dice": 0.8}', help="JSON trainer attributes")
-    p.add_argument("--batches", type=int, default=16)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=48)
-    p.add_argument("--iterations", type=int, default=50)
+    add_arguments(p, trainer="nnUNetTrainerDinoMixNoFKDBudget", settings='{"class_gate_dice": 0.8}', batches=16)
     args = p.parse_args(argv)
-
-    from nnunet_dinomix.commands import nnunet_env
-    os.environ.update(nnunet_env(os.path.abspath(args.seed_folder), "cpu"))
-    log_folder = tempfile.mkdtemp(prefix="background_trust_probe_")
-    os.environ.update(nnUNet_results=log_folder, nnUNet_n_proc_DA="0", DINOMIX_SEED=str(args.seed),
-                      DINOMIX_TRAINER_SETTINGS=args.settings, DINOMIX_NUM_EPOCHS=str(args.epochs),
-                      DINOMIX_ITERATIONS_PER_EPOCH=str(args.iterations))
-    import torch
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args(args.dataset, "3d_fullres", "all", args.trainer, args.plans,
-                                    device=torch.device("cpu"))
-    trainer.disable_checkpointing = True
-    trainer.on_train_start()
-    trainer.load_checkpoint(args.checkpoint)  # the EMA teacher, or for a plain checkpoint the student
-    trainer.on_train_epoch_start()  # the class gate from the loaded Dice history
-    closed, table = probe(trainer, args.batches)
-    trainer.on_train_end()
-    shutil.rmtree(log_folder, ignore_errors=True)
+    with trainer_at_checkpoint(args, "background_trust_probe") as trainer:
+        closed, table = probe(trainer, args.batches)
     print(f"checkpoint: {args.checkpoint} (epoch {trainer.current_epoch}); {args.batches} unlabeled batches; "
           f"closed: {', '.join(closed) or 'none'}")
     keys = closed + ["bg lost", "open lost"]

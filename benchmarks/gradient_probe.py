@@ -21,13 +21,13 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from checkpoint_probe import add_arguments, trainer_at_checkpoint  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def gradient(loss, params) -> "torch.Tensor":
@@ -90,42 +90,14 @@ def summary(rows: List[Dict[str, float]]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("seed_folder", help="a seed folder of ssl_quality.py (holds nnUNet_raw and nnUNet_preprocessed)")
-    p.add_argument("checkpoint", help="the checkpoint whose network (student and teacher) is probed")
-    p.add_argument("--trainer", default="nnUNetTrainerMeanTeacherBudget")
-    p.add_argument("--plans", default="nnUNetPlansTinyCPU")
-    p.add_argument("--dataset", default="990")
-    p.add_argument("--settings", default="{}", help="JSON trainer attributes, as DINOMIX_TRAINER_SETTINGS")
+    add_arguments(p, trainer="nnUNetTrainerMeanTeacherBudget", settings="{}", batches=8)
     p.add_argument("--weight", type=float, default=None,
                    help="the unlabeled weight w of the step [default: the trainer's unsup_weight_max]")
-    p.add_argument("--batches", type=int, default=8)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=48, help="the run's length, for the recipe's schedules")
-    p.add_argument("--iterations", type=int, default=50)
     args = p.parse_args(argv)
-
-    folder = os.path.abspath(args.seed_folder)
-    from nnunet_dinomix.commands import nnunet_env
-    os.environ.update(nnunet_env(folder, "cpu"))  # nnU-Net's folders of that seed, the trainer folder, no compile
-    log_folder = tempfile.mkdtemp(prefix="gradient_probe_")  # nnU-Net's log; nothing else is written
-    os.environ.update(nnUNet_results=log_folder, nnUNet_n_proc_DA="0", DINOMIX_SEED=str(args.seed),
-                      DINOMIX_TRAINER_SETTINGS=args.settings, DINOMIX_NUM_EPOCHS=str(args.epochs),
-                      DINOMIX_ITERATIONS_PER_EPOCH=str(args.iterations))
-    import torch
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    trainer = get_trainer_from_args(args.dataset, "3d_fullres", "all", args.trainer, args.plans,
-                                    device=torch.device("cpu"))
-    trainer.disable_checkpointing = True
-    trainer.on_train_start()
-    # the teacher: the checkpoint's EMA teacher, or for a plain nnU-Net checkpoint the student (as after burn-in)
-    trainer.load_checkpoint(args.checkpoint)
-    trainer.on_train_epoch_start()  # the class gate from the loaded Dice history
-    trainer.network.train()
-    weight = trainer.unsup_weight_max if args.weight is None else args.weight
-    rows = probe(trainer, args.batches, weight)
-    trainer.on_train_end()
-    shutil.rmtree(log_folder, ignore_errors=True)
+    with trainer_at_checkpoint(args, "gradient_probe") as trainer:
+        trainer.network.train()
+        weight = trainer.unsup_weight_max if args.weight is None else args.weight
+        rows = probe(trainer, args.batches, weight)
     print(f"checkpoint: {args.checkpoint} (epoch {trainer.current_epoch}); trainer {args.trainer} {args.settings}; "
           f"w = {weight}")
     print(summary(rows))
