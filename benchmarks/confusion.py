@@ -19,9 +19,11 @@ from typing import List
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def confusion(labels_folder: str, predictions_folder: str, num_classes: int, file_ending: str) -> np.ndarray:
-    import SimpleITK as sitk
+    from nnunet_dinomix.evaluation.report import read_image
 
     cases = sorted(f for f in os.listdir(labels_folder) if f.endswith(file_ending))
     if not cases:
@@ -31,8 +33,8 @@ def confusion(labels_folder: str, predictions_folder: str, num_classes: int, fil
         prediction = os.path.join(predictions_folder, case)
         if not os.path.isfile(prediction):
             raise SystemExit(f"{prediction} is missing: predict every case of {labels_folder} first")
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels_folder, case))).astype(np.int64).ravel()
-        predicted = sitk.GetArrayFromImage(sitk.ReadImage(prediction)).astype(np.int64).ravel()
+        truth = read_image(os.path.join(labels_folder, case))[0].astype(np.int64).ravel()
+        predicted = read_image(prediction)[0].astype(np.int64).ravel()
         counts += np.bincount(truth * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, -1)
     return counts
 
