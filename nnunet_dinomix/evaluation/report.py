@@ -6,8 +6,9 @@ trainer; Dice against class frequency). Published numbers of another protocol ca
 such.
 
 **The tail**, everywhere in this package: the :data:`TAIL_SIZE` foreground classes with the fewest voxels in the
-labeled training cases (:func:`tail_classes`); the head is the rest. The benchmarks' "mean of the 3 rarest
-classes" is the tail mean of this report. nnU-Net's own ``summary.json`` is read by :func:`per_class_dice`.
+labeled training cases (:func:`tail_classes`); the head is the rest. ``benchmarks/ssl_quality.py`` ranks the
+phantom's classes by the preset's expected voxel shares instead (one set for every seed), with the same function.
+nnU-Net's own ``summary.json`` is read by :func:`per_class_dice`.
 """
 from __future__ import annotations
 
