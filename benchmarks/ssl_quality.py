@@ -380,13 +380,17 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="ssl_quality_cpu")
     p.add_argument("--work", default=None, help="work folder [default: benchmarks/work/NAME]")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
+    p.add_argument("--merge", nargs="+", default=[], metavar="WORK",
+                   help="with --report-only: add these work folders' records, for one report over recipes or seeds "
+                        "that ran at different times (a label and seed found in two folders must have one score)")
     args = p.parse_args(argv)
     if args.steps % args.iterations:
         p.error("--steps must be a multiple of --iterations")
     work = os.path.abspath(args.work or os.path.join(HERE, "work", args.name))
+    if args.merge and not args.report_only:
+        p.error("--merge rebuilds a report: it needs --report-only")
     if args.report_only:
-        with open(os.path.join(work, "records.json")) as f:
-            records = json.load(f)
+        records = merged_records([work] + [os.path.abspath(m) for m in args.merge])
         return write_result(args, argv, work, records, time.time())
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
@@ -445,6 +449,26 @@ def main(argv=None) -> int:
                 json.dump(records, f, indent=1)
 
     return write_result(args, argv, work, records, start)
+
+
+def merged_records(works: List[str]) -> List[dict]:
+    """The records of several work folders, one per (label, seed). A reused reference appears in every folder that
+    paired against it; the copies must agree, or two different runs carry one label."""
+    merged: Dict[tuple, dict] = {}
+    for work in works:
+        path = os.path.join(work, "records.json")
+        if not os.path.isfile(path):
+            raise SystemExit(f"{path} does not exist: {work} is not a finished ssl_quality work folder")
+        with open(path) as f:
+            for r in json.load(f):
+                key = (r["label"], r["seed"])
+                if key in merged and not math.isclose(merged[key]["foreground_mean"], r["foreground_mean"],
+                                                      abs_tol=1e-9):
+                    raise SystemExit(f"seed {r['seed']} '{r['label']}' scores {merged[key]['foreground_mean']:.4f} in "
+                                     f"one folder and {r['foreground_mean']:.4f} in {work}: two different runs carry "
+                                     f"one label; give them distinct labels before merging")
+                merged.setdefault(key, r)
+    return list(merged.values())
 
 
 def tier_of(args) -> Tier:
