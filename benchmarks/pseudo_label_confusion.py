@@ -62,8 +62,9 @@ def use_weak_view(trainer) -> None:
 
 def trusted_confusion(trainer, batches: int, border: int = 0):
     """Region name -> (K, 2K) float64 voxel counts: rows the truth; columns 0..K-1 the trusted pseudo-label,
-    columns K..2K-1 the teacher's label on untrusted voxels. Regions: ``all``, and with ``border`` > 0 also ``border`` (within that many voxels of the
-    patch's faces, where the teacher sees the least context) and ``interior``."""
+    columns K..2K-1 the teacher's label on untrusted voxels. Regions: ``all``, and with ``border`` > 0 also
+    ``border`` (within that many voxels of the patch's faces, where the teacher sees the least context) and
+    ``interior``."""
     import torch
 
     k = trainer.label_manager.num_segmentation_heads
