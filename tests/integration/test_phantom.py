@@ -1,7 +1,7 @@
 """The synthetic phantom has the properties the demo relies on: imbalance, low contrast, variability, absence."""
 import json
-from dataclasses import replace
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
