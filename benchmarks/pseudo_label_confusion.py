@@ -128,8 +128,7 @@ def main(argv=None) -> int:
     names = ["background"] + trainer.class_names()
     closed = [] if reliable is None else [names[c] for c in range(1, len(names)) if not bool(reliable[c])]
     print(f"checkpoint: {args.checkpoint} (epoch {trainer.current_epoch}); {args.batches} unlabeled batches, "
-          f"{args.view} view; "
-          f"closed by the gate: {', '.join(closed) or 'none'}\n")
+          f"{args.view} view; closed by the gate: {', '.join(closed) or 'none'}\n")
     for region, found in counts.items():
         where = "" if region == "all" else (f", {args.border}-voxel band at the patch faces" if region == "border"
                                             else ", patch interior")

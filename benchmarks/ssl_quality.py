@@ -279,7 +279,7 @@ def fmt(values: List[float], std: bool = True) -> str:
 
 
 def report(records: List[dict], labels: List[str], tail: List[str], header: List[str]) -> str:
-    from nnunet_dinomix.phantom.generator import LABELS
+    from nnunet_dinomix.phantom.generator import EXPECTED_SHARE_CASES, LABELS
     classes = [c for c in LABELS if c != "background"]
     seeds = sorted({r["seed"] for r in records})
     by = {(r["label"], r["seed"]): r for r in records}
@@ -295,8 +295,8 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
 
     rows = classes + ["mean (foreground)", "mean (3 rarest)"]
     ref = labels[0]
-    out = header + ["", f"Rarest three classes, the same for every seed: {', '.join(tail)} (the fewest voxels in 32 "
-                    f"phantoms of the preset, drawn apart from the seeds).", "",
+    out = header + ["", f"Rarest three classes, the same for every seed: {', '.join(tail)} (the fewest voxels in "
+                    f"{EXPECTED_SHARE_CASES} phantoms of the preset, drawn apart from the seeds).", "",
                     "## Test Dice (%), mean ± std over seeds", "",
                     "| class | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     for name in rows:

@@ -177,7 +177,10 @@ def class_voxel_counts(label: np.ndarray) -> Dict[str, int]:
     return {name: int(counts[value]) for name, value in LABELS.items()}
 
 
-def expected_class_shares(config: PhantomConfig = PhantomConfig(), n_cases: int = 32,
+EXPECTED_SHARE_CASES = 32  # phantoms pooled by expected_class_shares
+
+
+def expected_class_shares(config: PhantomConfig = PhantomConfig(), n_cases: int = EXPECTED_SHARE_CASES,
                           seed: int = 20260101) -> Dict[str, float]:
     """Each foreground class's share of the foreground voxels, pooled over ``n_cases`` phantoms from a stream of
     its own (not one any benchmark seed draws from).
@@ -186,10 +189,11 @@ def expected_class_shares(config: PhantomConfig = PhantomConfig(), n_cases: int 
     every seed reports the mean over the same classes. Ranked by the labeled cases of each draw instead, the third
     rarest class changes between kidney_right and the pancreas from one seed to the next, and a mean over seeds mixes
     different quantities."""
-    totals = np.zeros(len(LABELS), dtype=np.int64)
+    foreground = {name: 0 for name, value in LABELS.items() if value != 0}
     for _, label in make_cases(n_cases, seed, config):
-        totals += np.bincount(label.ravel(), minlength=len(LABELS))
-    foreground = {name: int(totals[value]) for name, value in LABELS.items() if value != 0}
+        for name, count in class_voxel_counts(label).items():
+            if name in foreground:
+                foreground[name] += count
     total = sum(foreground.values())
     return {name: count / total for name, count in foreground.items()}
 
