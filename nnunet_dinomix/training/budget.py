@@ -14,7 +14,8 @@ ablations in benchmarks, ``DINOMIX_TRAINER_SETTINGS`` may hold a JSON object of 
 ``DINOMIX_SEED`` (an integer) seeds Python's, NumPy's and torch's generators twice: before the network is built
 and after ``on_train_start`` (before the first batch is drawn). Trainers given the same seed then start from the
 same weights and draw the same labeled batches and augmentations; with one thread on the CPU, a semi-supervised
-trainer's burn-in repeats plain nnU-Net's training step for step. Benchmarks use this to pair runs (common
+trainer's burn-in repeats plain nnU-Net's training step for step, and after burn-in it still draws plain
+nnU-Net's labeled batches (its unlabeled ones come from a private stream seeded from ``DINOMIX_SEED + 2``). Benchmarks use this to pair runs (common
 random numbers), so that a difference between trainers is not the luck of the initialisation. Under DDP each rank
 draws its own batches (the rank is mixed into the second seed).
 
@@ -60,9 +61,14 @@ def seed_from_env() -> Optional[int]:
     return int(value)
 
 
+def stream_seed(seed: int, stream: int = 0) -> int:
+    """One integer seed for ``(seed, stream)``; ``seed`` itself for stream 0."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]) if stream else seed
+
+
 def seed_everything(seed: int, stream: int = 0) -> None:
     """Seed Python's, NumPy's and torch's global generators from ``(seed, stream)`` (stream: e.g. the DDP rank)."""
-    value = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]) if stream else seed
+    value = stream_seed(seed, stream)
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
@@ -113,7 +119,11 @@ def _with_budget(parent: type) -> type:
     def on_train_start(self):
         parent.on_train_start(self)
         if self.budget_seed is not None:  # the same batches, whatever the set-up drew before; per DDP rank its own
-            seed_everything(self.budget_seed + 1, stream=self.local_rank + 1000 * int(self.random_stream))
+            stream = self.local_rank + 1000 * int(self.random_stream)
+            seed_everything(self.budget_seed + 1, stream=stream)
+            unlabeled = getattr(self, "unlabeled_random", None)  # semi-supervised trainers: their unlabeled stream
+            if unlabeled is not None:
+                unlabeled.reseed(stream_seed(self.budget_seed + 2, stream))
 
     def on_epoch_end(self):
         finished = self.current_epoch + 1

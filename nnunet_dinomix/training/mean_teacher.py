@@ -122,8 +122,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             batch = assemble(x_l, full_res_target, empty, full_res_target[:0], empty[:, :1],
                              self.label_manager.ignore_label)
         else:
-            batch = assemble(x_l, full_res_target, clipped_gaussian_noise(x_u, self.student_noise_std),
-                             pseudo.labels, pseudo.mask, self.label_manager.ignore_label)
+            with self.unlabeled_random.active():
+                noised = clipped_gaussian_noise(x_u, self.student_noise_std)
+            batch = assemble(x_l, full_res_target, noised, pseudo.labels, pseudo.mask, self.label_manager.ignore_label)
         return batch if self.mixer is None else self.mixer(batch, self.progress())
 
     def student_forward(self, x: torch.Tensor):

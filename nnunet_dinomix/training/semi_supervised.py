@@ -5,6 +5,9 @@ What it adds to ``nnUNetTrainer`` and nothing more:
 * ``dataloader_unlabeled``: batches of ``batch_size`` patches from the preprocessed unlabeled pool, cropped at
   random and augmented with the trainer's own training transforms (no deep-supervision targets), in its own
   background augmenter that is shut down with nnU-Net's;
+* ``unlabeled_random``: the random numbers of everything unlabeled (its batches, when drawn in this process, and
+  the perturbations of its samples) come from a private stream, so the labeled batches are exactly the ones plain
+  nnU-Net draws with the same seed (see :mod:`nnunet_dinomix.random_stream`);
 * train-only state (EMA teacher, heads, curricula) saved under ``checkpoint[CHECKPOINT_KEY]`` next to nnU-Net's
   keys, restored by ``--c``. ``network_weights`` stays the plain nnU-Net network, so ``nnUNetv2_predict`` works
   exactly as for ``nnUNetTrainer``;
@@ -30,6 +33,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.fileio import replace_atomically
+from nnunet_dinomix.random_stream import RandomStream
 from nnunet_dinomix.training.progress import SemiSupervisedLocalLogger
 from nnunet_dinomix.training.unlabeled_loader import make_augmenter, nnUNetUnlabeledDataLoader
 from nnunet_dinomix.unlabeled.pool import (UnlabeledPool, acquire_lease, open_pool, plans_identifier_of,
@@ -61,6 +65,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.dataloader_unlabeled = None
         # background workers for the unlabeled stream; None: as many as nnU-Net gives its training stream
         self.num_processes_unlabeled: Optional[int] = None
+        # seeded from torch's seed without drawing from it; nnUNetTrainerBudget reseeds it with DINOMIX_SEED
+        self.unlabeled_random = RandomStream(torch.initial_seed())
         self._iteration_in_epoch = 0
         self.logger.local_logger = SemiSupervisedLocalLogger(self.log_keys())
 
@@ -118,7 +124,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         loader = nnUNetUnlabeledDataLoader(self.unlabeled_pool.dataset(), self.batch_size, initial_patch_size,
                                            patch_size, self.label_manager, transforms=transforms)
         n = get_allowed_n_proc_DA() if self.num_processes_unlabeled is None else self.num_processes_unlabeled
-        return make_augmenter(loader, n, pin_memory=self.device.type == "cuda")
+        with self.unlabeled_random.active():  # make_augmenter draws a first batch
+            return make_augmenter(loader, n, pin_memory=self.device.type == "cuda")
 
     def on_train_end(self):
         super().on_train_end()
@@ -161,7 +168,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     def unlabeled_batch_with_truth(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The next unlabeled images and, for diagnostics only, their true labels (-1 for samples whose case has
         none; ``None`` if no sampled case has one). No loss may read the truth."""
-        batch = next(self.dataloader_unlabeled)
+        with self.unlabeled_random.active():
+            batch = next(self.dataloader_unlabeled)
         x = batch["data"].to(self.device, non_blocking=True)
         known = self.unlabeled_pool.truth_identifiers if self.unlabeled_pool is not None else frozenset()
         has_truth = torch.tensor([k in known for k in batch.get("keys", ())], dtype=torch.bool)

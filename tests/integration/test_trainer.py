@@ -248,6 +248,28 @@ def test_a_shared_seed_makes_burn_in_repeat_plain_nnunet_step_for_step(phantom_w
     assert not all(torch.equal(a, b) for a, b in zip(w_plain, w_other)) and loss_other[0] != loss_plain[0]
 
 
+def _seeded_labeled_batches(name: str, steps: int = 3):
+    with started_trainer(name) as t:
+        batches = []
+        for _ in range(steps):
+            batch = next(t.dataloader_train)
+            batches.append(batch["data"].clone())
+            t.train_step(batch)
+        return batches
+
+
+def test_after_burn_in_a_shared_seed_still_draws_plain_nnunets_labeled_batches(phantom_with_pool, monkeypatch):
+    """The unlabeled batches and perturbations come from their own stream, so Mean Teacher is paired with plain
+    nnU-Net batch for batch after burn-in too (with nnUNet_n_proc_DA=0 both loaders share one process). PIC
+    trainers cannot be: they mirror after the mix, so their labeled loader makes no mirroring draws."""
+    monkeypatch.setenv("DINOMIX_SEED", "3")
+    plain = _seeded_labeled_batches("nnUNetTrainerBudget")
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"burn_in_fraction": 0}')  # unlabeled batches from step 0 on
+    mean_teacher = _seeded_labeled_batches("nnUNetTrainerMeanTeacherBudget")
+    assert all(torch.equal(a, b) for a, b in zip(plain, mean_teacher))
+    assert not torch.equal(plain[0], plain[1])  # the comparison can fail: the batches differ step to step
+
+
 def test_another_random_stream_keeps_the_weights_and_changes_the_batches(phantom_with_pool, monkeypatch):
     monkeypatch.setenv("DINOMIX_SEED", "3")
     w_first, loss_first, _ = _seeded_burn_in("nnUNetTrainerBudget", steps=1)
