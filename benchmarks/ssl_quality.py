@@ -9,8 +9,16 @@ nnU-Net trained on every training case with its true label (the labeled and the 
 semi-supervised learning is reported between.
 
 The report (benchmarks/results/NAME.md) has per-seed per-class Dice, mean ± std over seeds, the paired
-difference of every trainer to the first (the reference, plain nnU-Net), the share of the gap between the
-reference and the upper bound that each closes, and each run's wall-clock time.
+difference of every trainer to plain nnU-Net, the share of the gap between plain nnU-Net and the upper bound that
+each closes, and each run's wall-clock time.
+
+Pairing. The runs of one seed share ``DINOMIX_SEED``: the same initial weights and labeled batches. With
+``--shared-burn-in`` the semi-supervised runs start from the reference's snapshot at half the steps, and a run
+resumed with nnU-Net's ``--c`` is reseeded, so its second half draws other labeled batches than the uninterrupted
+reference did. The harness therefore also trains ``nnU-Net (resumed)``: plain nnU-Net resumed from the same
+snapshot, which draws the same second-half batches as every resumed trainer whose labeled loader is nnU-Net's own
+(Mean Teacher; PIC trainers mirror after the mix, so they share the snapshot but not the batches). Paired
+differences are taken to it; the uninterrupted reference's difference to it is a free sample of the batch noise.
 
 A trainer is given as ``TRAINER`` or ``LABEL=TRAINER+{JSON}`` (attribute overrides, through the Budget variants'
 ``DINOMIX_TRAINER_SETTINGS``), e.g. ``MT-dice=nnUNetTrainerMeanTeacherBudget+{"unsup_loss":"dice_ce"}``.
@@ -44,6 +52,7 @@ DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nn
 UPPER = "upper bound (all labels)"
 ANALYSIS = "## What it shows"  # a result file's hand-written analysis starts here; --report-only keeps it
 ANCHOR = "offline PL (anchor)"
+RESUMED = "nnU-Net (resumed)"  # --shared-burn-in: the reference resumed from its own snapshot, the exact pair
 DATASET, FULL_DATASET, ANCHOR_DATASET = 990, 991, 992
 # nnU-Net sizes torch's thread pool from multiprocessing.cpu_count(); runs side by side get a share of the cores
 TRAIN_LAUNCHER = ("import multiprocessing, sys; multiprocessing.cpu_count = lambda: {threads}; "
@@ -161,15 +170,14 @@ def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool, tier: 
     reference without retraining it. The all-labels twin is made here if asked and not there."""
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     old = os.path.join(source, f"seed_{reference.seed}")
-    with open(os.path.join(source, "records.json")) as f:
-        records = [r for r in json.load(f) if r["label"] == reference.label and r["seed"] == reference.seed]
-    if not records:
+    record = reused_record(source, reference.label, reference.seed)
+    if record is None:
         raise SystemExit(f"{source}/records.json has no record of '{reference.label}' for seed {reference.seed}")
     env = nnunet_env(work, tier.device)
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         shutil.copytree(os.path.join(old, name), env[name], symlinks=True)
     shutil.copytree(results_folder(old, reference), results_folder(work, reference))
-    reference.reused = records[0]
+    reference.reused = record
     # the reference's start, for the wall-clock of the runs that share its burn-in: nnU-Net's log is named by it
     folder = fold_folder(results_folder(work, reference), reference.trainer, tier)
     log = sorted(f for f in os.listdir(folder) if f.startswith("training_log_"))[0]
@@ -278,7 +286,10 @@ def fmt(values: List[float], std: bool = True) -> str:
     return f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if std and len(v) > 1 else f"{100 * np.mean(v):.1f}"
 
 
-def report(records: List[dict], labels: List[str], tail: List[str], header: List[str]) -> str:
+def report(records: List[dict], labels: List[str], tail: List[str], header: List[str],
+           pair: Optional[str] = None) -> str:
+    """The report's text; ``pair`` is the label the paired differences and gap shares are taken to (default: the
+    first label, the reference)."""
     from nnunet_dinomix.phantom.generator import EXPECTED_SHARE_CASES, LABELS
     classes = [c for c in LABELS if c != "background"]
     seeds = sorted({r["seed"] for r in records})
@@ -294,7 +305,10 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
         return r["dice"][name]
 
     rows = classes + ["mean (foreground)", "mean (3 rarest)"]
-    ref = labels[0]
+    ref = pair or labels[0]
+    if ref not in labels:
+        raise SystemExit(f"--pair-with {ref!r}: no such run in the records (labels: {', '.join(labels)})")
+    others = [l for l in labels if l != ref]
     out = header + ["", f"Rarest three classes, the same for every seed: {', '.join(tail)} (the fewest voxels in "
                     f"{EXPECTED_SHARE_CASES} phantoms of the preset, drawn apart from the seeds).", "",
                     "## Test Dice (%), mean ± std over seeds", "",
@@ -303,22 +317,22 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
         out.append(f"| {name} | " + " | ".join(fmt([metric(by[(l, s)], name) for s in seeds if (l, s) in by])
                                                for l in labels) + " |")
     out += ["", f"## Paired difference to {ref} (Dice points, mean ± std over seeds; per seed in brackets)", "",
-            "| class | " + " | ".join(labels[1:]) + " |", "|---|" + "---:|" * (len(labels) - 1)]
+            "| class | " + " | ".join(others) + " |", "|---|" + "---:|" * len(others)]
     for name in rows:
         cells = []
-        for l in labels[1:]:
+        for l in others:
             d = [metric(by[(l, s)], name) - metric(by[(ref, s)], name)
                  for s in seeds if (l, s) in by and (ref, s) in by]
             cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    if any(l == UPPER for l in labels) and len(labels) > 2:  # some trainer between the two bounds
+    if any(l == UPPER for l in others) and len(others) > 1:  # some trainer between the two bounds
         out += ["", f"## Share of the gap between {ref} and the upper bound that each trainer closes "
                     "(seeds with a bound)", "",
-                "| metric | " + " | ".join(l for l in labels[1:] if l != UPPER) + " |",
-                "|---|" + "---:|" * (len(labels) - 2)]
+                "| metric | " + " | ".join(l for l in others if l != UPPER) + " |",
+                "|---|" + "---:|" * (len(others) - 1)]
         for name in ("mean (foreground)", "mean (3 rarest)"):
             cells = []
-            for l in labels[1:]:
+            for l in others:
                 if l == UPPER:
                     continue
                 both = [s for s in seeds if (l, s) in by and (ref, s) in by and (UPPER, s) in by]
@@ -371,6 +385,9 @@ def main(argv=None) -> int:
                    help="pair new recipes against a finished run's reference instead of retraining it: copy each "
                         "seed's phantom, plans, pool and the reference's model and burn-in snapshot from that work "
                         "folder (needs --shared-burn-in, the same first trainer, --steps and --iterations)")
+    p.add_argument("--pair-with", metavar="LABEL", default=None,
+                   help=f"the run paired differences are taken to [default: '{RESUMED}' with --shared-burn-in, "
+                        f"else the first trainer]")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: the CPU tier on nnU-Net's plans cut down by the tiny_cpu preset; cuda: the GPU tier, "
                         "runs side by side on one GPU")
@@ -419,9 +436,13 @@ def main(argv=None) -> int:
             print(f"seed {seed}: preparing the phantom, plans and pool", flush=True)
             envs[seed] = prepare_seed(seed_work, seed, upper, config, split, tier)
         if args.shared_burn_in:
-            seed_runs[0].snapshot_epoch = epochs // 2
+            ref = seed_runs[0]
+            ref.snapshot_epoch = epochs // 2
+            seed_runs.insert(1, Run(RESUMED, ref.trainer, ref.settings, DATASET, seed))
+            if args.reference_from:
+                seed_runs[1].reused = reused_record(os.path.abspath(args.reference_from), RESUMED, seed)
             for r in seed_runs[1:]:
-                r.start_from = seed_runs[0]
+                r.start_from = ref
             if args.anchor:
                 seed_runs.append(Run(ANCHOR, seed_runs[0].trainer, None, ANCHOR_DATASET, seed,
                                      start_from=seed_runs[0]))
@@ -449,6 +470,12 @@ def main(argv=None) -> int:
                 json.dump(records, f, indent=1)
 
     return write_result(args, argv, work, records, start)
+
+
+def reused_record(source: str, label: str, seed: int) -> Optional[dict]:
+    """``label``'s record for ``seed`` in a finished work folder, if it has one (it is then not retrained)."""
+    with open(os.path.join(source, "records.json")) as f:
+        return next((r for r in json.load(f) if r["label"] == label and r["seed"] == seed), None)
 
 
 def merged_records(works: List[str]) -> List[dict]:
@@ -499,7 +526,9 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     config, split = phantom(args)
     tier = tier_of(args)
     specs = [parse_trainer(t) for t in args.trainers]
-    labels = [s[0] for s in specs] + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else [])
+    labels = ([specs[0][0]] + ([RESUMED] if args.shared_burn_in else []) + [s[0] for s in specs[1:]]
+              + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else []))
+    pair = args.pair_with or (RESUMED if any(r["label"] == RESUMED for r in records) else specs[0][0])
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     epochs = args.steps // args.iterations
     tail = tail_classes(expected_class_shares(config))  # one set for every seed: see expected_class_shares
@@ -520,10 +549,13 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
                  "(nnU-Net's --c), and their wall-clock includes the reference's time to that point"
                  if args.shared_burn_in else ""),
               "- evaluation: nnUNetv2_predict --disable_tta on the 6 test cases, nnUNetv2_evaluate_folder",
+              f"- paired to: {pair}" + (" (plain nnU-Net resumed from the same snapshot: the exact pair of resumed "
+                                        "runs whose labeled loader is nnU-Net's own, see the module docstring)"
+                                        if pair != specs[0][0] else ""),
               "- trainers: " + "; ".join(f"{l} = {t}" + (f" with {s}" if s else "") for l, t, s in specs),
               f"- total wall-clock: {(time.time() - start) / 60:.0f} min" if not args.report_only else
               "- total wall-clock: see the first run of this report"]
-    text = report(records, labels, tail, header)
+    text = report(records, labels, tail, header, pair)
     out = os.path.join(HERE, "results", args.name + ".md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if os.path.isfile(out):  # a rebuilt report keeps the analysis written by hand below ANALYSIS

@@ -14,10 +14,12 @@ ablations in benchmarks, ``DINOMIX_TRAINER_SETTINGS`` may hold a JSON object of 
 ``DINOMIX_SEED`` (an integer) seeds Python's, NumPy's and torch's generators twice: before the network is built
 and after ``on_train_start`` (before the first batch is drawn). Trainers given the same seed then start from the
 same weights and draw the same labeled batches and augmentations; with one thread on the CPU, a semi-supervised
-trainer's burn-in repeats plain nnU-Net's training step for step, and after burn-in it still draws plain
-nnU-Net's labeled batches (its unlabeled ones come from a private stream seeded from ``DINOMIX_SEED + 2``). Benchmarks use this to pair runs (common
-random numbers), so that a difference between trainers is not the luck of the initialisation. Under DDP each rank
-draws its own batches (the rank is mixed into the second seed).
+trainer's burn-in repeats plain nnU-Net's training step for step. After burn-in, Mean Teacher still draws plain
+nnU-Net's labeled batches: its unlabeled batches and perturbations come from a private stream, seeded from
+``DINOMIX_SEED + 2`` (PIC trainers mirror after the mix, so their labeled loader draws differently). Benchmarks use
+this to pair runs (common random numbers), so that a difference between trainers is not the luck of the
+initialisation or of the batches. Under DDP each rank draws its own batches (the rank is mixed into the second
+seed).
 
 ``random_stream`` (settable through ``DINOMIX_TRAINER_SETTINGS``; default 0) keeps the initial weights but draws
 another stream of batches from ``on_train_start`` on: runs that differ only in it measure how much a trainer's
