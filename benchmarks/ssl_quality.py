@@ -438,9 +438,10 @@ def main(argv=None) -> int:
         if args.shared_burn_in:
             ref = seed_runs[0]
             ref.snapshot_epoch = epochs // 2
-            seed_runs.insert(1, Run(RESUMED, ref.trainer, ref.settings, DATASET, seed))
-            if args.reference_from:
-                seed_runs[1].reused = reused_record(os.path.abspath(args.reference_from), RESUMED, seed)
+            if len(specs) > 1:  # trainers to pair: the reference resumed from its own snapshot is their pair
+                seed_runs.insert(1, Run(RESUMED, ref.trainer, ref.settings, DATASET, seed))
+                if args.reference_from:
+                    seed_runs[1].reused = reused_record(os.path.abspath(args.reference_from), RESUMED, seed)
             for r in seed_runs[1:]:
                 r.start_from = ref
             if args.anchor:
@@ -526,7 +527,7 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     config, split = phantom(args)
     tier = tier_of(args)
     specs = [parse_trainer(t) for t in args.trainers]
-    labels = ([specs[0][0]] + ([RESUMED] if args.shared_burn_in else []) + [s[0] for s in specs[1:]]
+    labels = ([specs[0][0]] + ([RESUMED] if args.shared_burn_in and len(specs) > 1 else []) + [s[0] for s in specs[1:]]
               + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else []))
     pair = args.pair_with or (RESUMED if any(r["label"] == RESUMED for r in records) else specs[0][0])
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
