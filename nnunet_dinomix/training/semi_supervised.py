@@ -65,8 +65,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.dataloader_unlabeled = None
         # background workers for the unlabeled stream; None: as many as nnU-Net gives its training stream
         self.num_processes_unlabeled: Optional[int] = None
-        # seeded from torch's seed without drawing from it; nnUNetTrainerBudget reseeds it with DINOMIX_SEED
-        self.unlabeled_random = RandomStream(torch.initial_seed())
+        # seeded from torch's seed (without drawing from it) and the DDP rank; nnUNetTrainerBudget reseeds it with
+        # DINOMIX_SEED
+        self.unlabeled_random = RandomStream((torch.initial_seed() + self.local_rank) % 2 ** 63)
         self._iteration_in_epoch = 0
         self.logger.local_logger = SemiSupervisedLocalLogger(self.log_keys())
 
