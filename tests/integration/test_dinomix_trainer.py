@@ -145,7 +145,7 @@ def test_mean_teacher_is_dinomix_with_pic_and_fkd_off(phantom_with_pool):
             outputs = []
             for t in (mt, off):
                 t.unlabeled_batch_with_truth = lambda: (x_u, None)
-                torch.manual_seed(0)  # the student's input noise
+                t.unlabeled_random.reseed(0)  # the student's input noise comes from the unlabeled stream
                 outputs.append(t.train_step(batch))
             for key in ("loss", "train_loss_sup", "train_loss_unsup", "confident_fraction"):
                 assert float(outputs[0][key]) == pytest.approx(float(outputs[1][key]), rel=1e-6), key

@@ -116,7 +116,8 @@ def test_class_gate_follows_nnunet_logged_dice_and_masks_closed_classes(started)
     assert t.pseudo_labeller.reliable.tolist() == [True, True] + [False] * (len(names) - 1)
     out = t.train_step(next(t.dataloader_train))
     trusted_per_class = out["pl_counts"][1]  # trusted pseudo-labels per class
-    assert trusted_per_class[1] > 0 and trusted_per_class[2:].sum() == 0
+    # an untrained teacher trusts a few hundred voxels at most, and which open class they fall in depends on the crop
+    assert trusted_per_class[:2].sum() > 0 and trusted_per_class[2:].sum() == 0
     assert t.marginal_classes() is None  # off by default
     t.unsup_marginal_background = True  # background pseudo-labels then stand for "background or a closed class"
     assert t.marginal_classes().tolist() == [False, False] + [True] * (len(names) - 1)
