@@ -338,7 +338,9 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
                 both = [s for s in seeds if (l, s) in by and (ref, s) in by and (UPPER, s) in by]
                 gains = [metric(by[(l, s)], name) - metric(by[(ref, s)], name) for s in both]
                 gaps = [metric(by[(UPPER, s)], name) - metric(by[(ref, s)], name) for s in both]
-                cells.append(f"{np.sum(gains) / np.sum(gaps):.2f}" if np.sum(gaps) > 0 else "n/a")
+                below = [s for s, g in zip(both, gaps) if g <= 0]  # the "bound" does not bound there
+                cells.append(f"n/a (bound not above on seed {', '.join(map(str, below))})" if below else
+                             f"{np.sum(gains) / np.sum(gaps):.2f}" if both else "n/a")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     out += ["", "## Per seed: foreground mean / 3 rarest (%) and training wall-clock (min)", "",
             "| seed | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
