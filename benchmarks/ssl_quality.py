@@ -529,9 +529,10 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     config, split = phantom(args)
     tier = tier_of(args)
     specs = [parse_trainer(t) for t in args.trainers]
-    labels = ([specs[0][0]] + ([RESUMED] if args.shared_burn_in and len(specs) > 1 else []) + [s[0] for s in specs[1:]]
+    resumed = any(r["label"] == RESUMED for r in records)  # main() trains it when there are trainers to pair
+    labels = ([specs[0][0]] + ([RESUMED] if resumed else []) + [s[0] for s in specs[1:]]
               + ([ANCHOR] if args.anchor else []) + ([UPPER] if args.upper_bound else []))
-    pair = args.pair_with or (RESUMED if any(r["label"] == RESUMED for r in records) else specs[0][0])
+    pair = args.pair_with or (RESUMED if resumed else specs[0][0])
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     epochs = args.steps // args.iterations
     tail = tail_classes(expected_class_shares(config))  # one set for every seed: see expected_class_shares

@@ -243,35 +243,30 @@ def test_start_from_a_supervised_model_loads_output_layers_and_skips_burn_in(pha
     assert t.dataloader_train is None  # refused before any loader started
 
 
-def _seeded_burn_in(name: str, steps: int = 2):
+def _seeded_steps(name: str, steps: int = 2):
+    """``steps`` train steps of a freshly started trainer: its initial weights, losses, final weights and the
+    labeled batches it drew."""
     with started_trainer(name) as t:
-        weights = parameters_of(t.network)
-        losses = [float(t.train_step(next(t.dataloader_train))["loss"]) for _ in range(steps)]
-        return weights, losses, parameters_of(t.network)
+        weights, losses, batches = parameters_of(t.network), [], []
+        for _ in range(steps):
+            batch = next(t.dataloader_train)
+            batches.append(batch["data"].clone())
+            losses.append(float(t.train_step(batch)["loss"]))
+        return weights, losses, parameters_of(t.network), batches
 
 
 def test_a_shared_seed_makes_burn_in_repeat_plain_nnunet_step_for_step(phantom_with_pool, monkeypatch):
     """DINOMIX_SEED pairs benchmark runs: the same initial weights and labeled batches, so Mean Teacher's burn-in
     is nnU-Net's own training, loss for loss and weight for weight."""
     monkeypatch.setenv("DINOMIX_SEED", "3")
-    w_plain, loss_plain, end_plain = _seeded_burn_in("nnUNetTrainerBudget")
-    w_mt, loss_mt, end_mt = _seeded_burn_in("nnUNetTrainerMeanTeacherBudget")  # burn-in: half of 1000 x 250 steps
+    w_plain, loss_plain, end_plain, _ = _seeded_steps("nnUNetTrainerBudget")
+    w_mt, loss_mt, end_mt, _ = _seeded_steps("nnUNetTrainerMeanTeacherBudget")  # burn-in: half of 1000 x 250 steps
     assert all(torch.equal(a, b) for a, b in zip(w_plain, w_mt))
     assert loss_plain == loss_mt
     assert all(torch.equal(a, b) for a, b in zip(end_plain, end_mt))
     monkeypatch.setenv("DINOMIX_SEED", "4")
-    w_other, loss_other, _ = _seeded_burn_in("nnUNetTrainerBudget", steps=1)
+    w_other, loss_other, _, _ = _seeded_steps("nnUNetTrainerBudget", steps=1)
     assert not all(torch.equal(a, b) for a, b in zip(w_plain, w_other)) and loss_other[0] != loss_plain[0]
-
-
-def _seeded_labeled_batches(name: str, steps: int = 3):
-    with started_trainer(name) as t:
-        batches = []
-        for _ in range(steps):
-            batch = next(t.dataloader_train)
-            batches.append(batch["data"].clone())
-            t.train_step(batch)
-        return batches
 
 
 def test_after_burn_in_a_shared_seed_still_draws_plain_nnunets_labeled_batches(phantom_with_pool, monkeypatch):
@@ -279,18 +274,18 @@ def test_after_burn_in_a_shared_seed_still_draws_plain_nnunets_labeled_batches(p
     nnU-Net batch for batch after burn-in too (with nnUNet_n_proc_DA=0 both loaders share one process). PIC
     trainers cannot be: they mirror after the mix, so their labeled loader makes no mirroring draws."""
     monkeypatch.setenv("DINOMIX_SEED", "3")
-    plain = _seeded_labeled_batches("nnUNetTrainerBudget")
+    plain = _seeded_steps("nnUNetTrainerBudget", steps=3)[3]
     monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"burn_in_fraction": 0}')  # unlabeled batches from step 0 on
-    mean_teacher = _seeded_labeled_batches("nnUNetTrainerMeanTeacherBudget")
+    mean_teacher = _seeded_steps("nnUNetTrainerMeanTeacherBudget", steps=3)[3]
     assert all(torch.equal(a, b) for a, b in zip(plain, mean_teacher))
     assert not torch.equal(plain[0], plain[1])  # the comparison can fail: the batches differ step to step
 
 
 def test_another_random_stream_keeps_the_weights_and_changes_the_batches(phantom_with_pool, monkeypatch):
     monkeypatch.setenv("DINOMIX_SEED", "3")
-    w_first, loss_first, _ = _seeded_burn_in("nnUNetTrainerBudget", steps=1)
+    w_first, loss_first, _, _ = _seeded_steps("nnUNetTrainerBudget", steps=1)
     monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"random_stream": 1}')
-    w_other, loss_other, _ = _seeded_burn_in("nnUNetTrainerBudget", steps=1)
+    w_other, loss_other, _, _ = _seeded_steps("nnUNetTrainerBudget", steps=1)
     assert all(torch.equal(a, b) for a, b in zip(w_first, w_other))
     assert loss_other[0] != loss_first[0]
 
