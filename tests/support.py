@@ -37,9 +37,12 @@ def make_trainer(name: str, dataset=DATASET_ID, plans: str = TINY_PLANS):
 
 
 @contextlib.contextmanager
-def started_trainer(name: str, dataset=DATASET_ID):
-    """A trainer after ``on_train_start`` and ``on_train_epoch_start``; shut down and its output removed after."""
+def started_trainer(name: str, dataset=DATASET_ID, **settings):
+    """A trainer after ``on_train_start`` and ``on_train_epoch_start``, with ``settings`` (trainer attributes) set
+    before it starts; shut down and its output removed after."""
     t = make_trainer(name, dataset)
+    for key, value in settings.items():
+        setattr(t, key, value)
     t.on_train_start()
     try:
         t.on_train_epoch_start()

@@ -64,17 +64,22 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         self.unsup_weight_max = 0.5
         self.unsup_rampup_fraction = 0.25  # of the iterations after burn-in, sigmoid
         self.unsup_loss = "ce"  # ce | dice_ce | batch_dice_ce
-        self.unsup_class_weighting: Optional[str] = "distdw"  # None | distdw
+        # None weighs background pseudo-labels like every class; DistDW weighs the most frequent class (background)
+        # exactly 0, so the unlabeled loss only grows classes and over-segments (benchmarks/results/
+        # background_trust_and_confusion_label_limited.md)
+        self.unsup_class_weighting: Optional[str] = None  # None | distdw
         self.confidence_rule: Optional[str] = "class_adaptive"  # None | global | class_adaptive
         self.confidence_threshold = 0.9  # global threshold, and the cap of the class-adaptive ones
         self.confidence_quantile = 0.5  # class_adaptive: trust the most confident half of each class
         # class gate: a class gives pseudo-labels only once the model's Dice for it on labeled data (nnU-Net's
-        # online validation, averaged over epochs with class_gate_momentum) reaches class_gate_dice; None: no gate
-        self.class_gate_dice: Optional[float] = None
+        # online validation, averaged over epochs with class_gate_momentum) reaches class_gate_dice; None: no gate.
+        # Without it a teacher reset at burn-in's end confidently calls unlearned organs by a learned one's name
+        # (benchmarks/results/pl_diagnostics_label_limited_2400.md)
+        self.class_gate_dice: Optional[float] = 0.8
         self.class_gate_momentum = 0.5
         # marginal background: on unlabeled voxels, a background pseudo-label means "background or a class the gate
         # holds closed", so the unlabeled loss never pushes down a class the teacher has not learned yet
-        self.unsup_marginal_background = False
+        self.unsup_marginal_background = True
         self.student_noise_std = 0.1  # on nnU-Net's normalised intensities
         # a supervised nnU-Net checkpoint of this dataset to start from (burn-in skipped); None: the
         # -pretrained_weights of nnUNetv2_train's command line, if given
@@ -187,7 +192,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         """Refuse settings that cannot run, before anything is built."""
         if self.unsup_marginal_background and self.class_gate_dice is None:
             raise DinoMixError(f"{self.__class__.__name__}: unsup_marginal_background merges the classes the class "
-                               f"gate holds closed into background; set class_gate_dice (e.g. 0.8) as well.")
+                               f"gate holds closed into background; set class_gate_dice (e.g. 0.8) as well, or switch "
+                               f"the marginal background off (unsup_marginal_background = False) when the gate "
+                               f"is off.")
         burn_in, total = self.burn_in_length(), self.total_steps
         if not 0 <= burn_in <= total:
             raise DinoMixError(

@@ -96,8 +96,9 @@ def test_a_burn_in_longer_than_the_run_is_refused(phantom_with_pool):
 
 def test_a_marginal_background_without_the_class_gate_is_refused(phantom_with_pool):
     t = _trainer(DATASET_ID)
-    t.unsup_marginal_background = True
-    with pytest.raises(DinoMixError, match="set class_gate_dice"):
+    assert t.unsup_marginal_background and t.class_gate_dice is not None  # the default recipe: both on
+    t.class_gate_dice = None  # an ablation of the gate that forgets the marginal background
+    with pytest.raises(DinoMixError, match="set class_gate_dice.*unsup_marginal_background = False"):
         t.on_train_start()
     assert t.network is None
 
@@ -119,7 +120,7 @@ def test_class_gate_follows_nnunet_logged_dice_and_masks_closed_classes(started)
     below ``class_gate_dice`` gives no trusted pseudo-label, an open class does."""
     t = started
     names = t.class_names()
-    t.class_gate_dice = 0.8
+    assert t.class_gate_dice == 0.8  # the default
     liver_only = [0.95] + [0.1] * (len(names) - 1)
     t.logger.log("dice_per_class_or_region", liver_only, 0)
     t.current_epoch = 1
@@ -133,9 +134,11 @@ def test_class_gate_follows_nnunet_logged_dice_and_masks_closed_classes(started)
     liver = trusted_per_class(1)
     assert liver[1] > 0 and liver.sum() == liver[1]  # open: trusted
     assert trusted_per_class(2).sum() == 0  # the spleen is closed: a confident spleen is not trusted
-    assert t.marginal_classes() is None  # off by default
-    t.unsup_marginal_background = True  # background pseudo-labels then stand for "background or a closed class"
+    # on by default: background pseudo-labels stand for "background or a closed class"
     assert t.marginal_classes().tolist() == [False, False] + [True] * (len(names) - 1)
+    t.unsup_marginal_background = False
+    assert t.marginal_classes() is None
+    t.unsup_marginal_background = True
     assert torch.isfinite(torch.as_tensor(t.train_step(next(t.dataloader_train))["train_loss_unsup"]))
     t.logger.log("dice_per_class_or_region", [0.0] * len(names), 1)
     t.current_epoch = 2
