@@ -400,8 +400,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="work folder [default: benchmarks/work/NAME]")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
     p.add_argument("--merge", nargs="+", default=[], metavar="WORK",
-                   help="with --report-only: add these work folders' records, for one report over recipes or seeds "
-                        "that ran at different times (a label and seed found in two folders must have one score)")
+                   help="with --report-only: add these work folders' records (or records files, "
+                        "benchmarks/results/records/NAME.json, which outlive the work folders), for one report over "
+                        "recipes or seeds that ran at different times (a label and seed found in two sources must "
+                        "have one score)")
     args = p.parse_args(argv)
     if args.steps % args.iterations:
         p.error("--steps must be a multiple of --iterations")
@@ -409,7 +411,10 @@ def main(argv=None) -> int:
     if args.merge and not args.report_only:
         p.error("--merge rebuilds a report: it needs --report-only")
     if args.report_only:
-        records = merged_records([work] + [os.path.abspath(m) for m in args.merge])
+        sources = [os.path.abspath(m) for m in args.merge]
+        if os.path.isdir(work) or not sources:  # merging only records files needs no work folder
+            sources.insert(0, work)
+        records = merged_records(sources)
         return write_result(args, argv, work, records, time.time())
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
@@ -482,13 +487,14 @@ def reused_record(source: str, label: str, seed: int) -> Optional[dict]:
 
 
 def merged_records(works: List[str]) -> List[dict]:
-    """The records of several work folders, one per (label, seed). A reused reference appears in every folder that
-    paired against it; the copies must agree, or two different runs carry one label."""
+    """The records of several work folders or records files, one per (label, seed). A reused reference appears in
+    every folder that paired against it; the copies must agree, or two different runs carry one label."""
     merged: Dict[tuple, dict] = {}
     for work in works:
-        path = os.path.join(work, "records.json")
+        path = work if work.endswith(".json") else os.path.join(work, "records.json")
         if not os.path.isfile(path):
-            raise SystemExit(f"{path} does not exist: {work} is not a finished ssl_quality work folder")
+            raise SystemExit(f"{path} does not exist: {work} is neither a finished ssl_quality work folder nor a "
+                             f"records file")
         with open(path) as f:
             for r in json.load(f):
                 key = (r["label"], r["seed"])
@@ -569,8 +575,13 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
             text = text.rstrip("\n") + "\n\n" + previous[previous.index(ANALYSIS):]
     with open(out, "w") as f:
         f.write(text)
+    # the work folders (models, snapshots) are not kept; the records are, so a later report can --merge them
+    records_file = os.path.join(HERE, "results", "records", args.name + ".json")
+    os.makedirs(os.path.dirname(records_file), exist_ok=True)
+    with open(records_file, "w") as f:
+        json.dump(sorted(records, key=lambda r: (r["seed"], r["label"])), f, indent=1)
     print(text)
-    print(f"Wrote {out}")
+    print(f"Wrote {out} and {records_file}")
     return 0
 
 
