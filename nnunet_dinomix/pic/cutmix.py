@@ -79,17 +79,21 @@ def box_around(centre: Sequence[int], side: Sequence[int], shape: Sequence[int])
 
 
 def draw_boxes(batch: MixBatch, class_probs: torch.Tensor, size_range: Tuple[float, float] = (0.25, 0.5),
-               generator: Optional[torch.Generator] = None, foreground_only: bool = True) -> List[Box]:
+               generator: Optional[torch.Generator] = None, foreground_only: bool = True,
+               labeled_donors_only: bool = False) -> List[Box]:
     """One box per target sample (none where no other sample holds a usable class).
 
     ``class_probs``: the curriculum's distribution over classes ``1..K`` (foreground) when ``foreground_only``,
-    else over ``0..K``.
+    else over ``0..K``. ``labeled_donors_only``: only labeled samples give boxes (every pasted label is ground
+    truth); unlabeled samples still receive them.
     """
     offset = 1 if foreground_only else 0
     num_classes = class_probs.numel() + offset
     present = class_presence(batch, num_classes)[:, offset:]  # (N, len(class_probs))
     n = present.shape[0]
     labeled = torch.arange(n) < batch.num_labeled
+    if labeled_donors_only:
+        present &= labeled[:, None]
     shape = batch.label.shape[2:]
     boxes = []
     for target in range(n):

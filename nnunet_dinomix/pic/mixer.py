@@ -21,6 +21,11 @@ class PICSettings:
     box_fraction: Tuple[float, float] = (0.25, 0.5)  # box side as a random fraction of the patch
     count_momentum: float = 0.99  # EMA momentum of the class voxel counts
     seed: int = 12345
+    donors: str = "any"  # any: boxes cross labeled <-> unlabeled both ways; labeled: only ground truth is pasted
+
+    def __post_init__(self):
+        if self.donors not in ("any", "labeled"):
+            raise ValueError(f"PICSettings.donors must be 'any' or 'labeled', not {self.donors!r}")
 
 
 class PICMixer:
@@ -28,7 +33,8 @@ class PICMixer:
     ``pi_c ∝ n_c^-gamma(progress)`` and paste it, then mirror (nnU-Net's axes) image, label and provenance together.
 
     During burn-in the batch holds only labeled samples, so boxes move between labeled samples only; afterwards they
-    cross between the labeled and unlabeled halves (see :func:`draw_boxes`).
+    cross between the labeled and unlabeled halves (see :func:`draw_boxes`), or, with ``donors="labeled"``, go
+    from labeled samples only, so that no pseudo-labelled box is pasted.
     """
 
     def __init__(self, num_foreground_classes: int, settings: PICSettings = PICSettings(),
@@ -48,7 +54,8 @@ class PICMixer:
 
     def __call__(self, batch: MixBatch, progress: float) -> MixBatch:
         self.counts.update(voxel_counts(batch.label, batch.usable, self.counts.num_classes + 1)[1:])
-        boxes = draw_boxes(batch, self.probabilities(progress), self.settings.box_fraction, self.generator)
+        boxes = draw_boxes(batch, self.probabilities(progress), self.settings.box_fraction, self.generator,
+                           labeled_donors_only=self.settings.donors == "labeled")
         return mirror(apply_boxes(batch, boxes), self.mirror_axes, self.generator)
 
     def state_dict(self) -> Dict[str, object]:

@@ -32,6 +32,7 @@ Prediction does not read the variables (the trainer is never instantiated by ``n
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -89,6 +90,10 @@ def apply_budget_from_env(trainer) -> None:
         for attribute, value in json.loads(settings).items():
             if not hasattr(trainer, attribute):
                 raise ValueError(f"{SETTINGS_ENV}: {type(trainer).__name__} has no attribute {attribute!r}")
+            current = getattr(trainer, attribute)
+            if dataclasses.is_dataclass(current) and isinstance(value, dict):  # e.g. {"pic": {"donors": "labeled"}}
+                value = dataclasses.replace(current, **{k: tuple(v) if isinstance(v, list) else v
+                                                        for k, v in value.items()})
             setattr(trainer, attribute, tuple(value) if isinstance(value, list) else value)
         trainer.print_to_log_file(f"Settings from {SETTINGS_ENV}: {settings}")
     trainer.print_to_log_file(f"Training length: {trainer.num_epochs} epochs x {trainer.num_iterations_per_epoch} "

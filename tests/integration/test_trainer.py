@@ -293,6 +293,18 @@ def test_another_random_stream_keeps_the_weights_and_changes_the_batches(phantom
     assert loss_other[0] != loss_first[0]
 
 
+def test_settings_reach_nested_dataclasses_and_unknown_attributes_are_refused(phantom_with_pool, monkeypatch):
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"pic": {"donors": "labeled", "box_fraction": [0.3, 0.4]}}')
+    t = make_trainer("nnUNetTrainerDinoMixNoFKDBudget")
+    assert t.pic.donors == "labeled" and t.pic.box_fraction == (0.3, 0.4) and t.pic.gamma_start == 1.0
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"pic": {"donors": "unlabeled"}}')
+    with pytest.raises(ValueError, match="donors must be"):
+        make_trainer("nnUNetTrainerDinoMixNoFKDBudget")
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"no_such_setting": 1}')
+    with pytest.raises(ValueError, match="has no attribute 'no_such_setting'"):
+        make_trainer("nnUNetTrainerDinoMixNoFKDBudget")
+
+
 def test_a_bad_seed_is_refused(phantom_with_pool, monkeypatch):
     monkeypatch.setenv("DINOMIX_SEED", "-1")
     with pytest.raises(ValueError, match="DINOMIX_SEED"):

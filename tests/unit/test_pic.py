@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nnunet_dinomix.pic.curriculum import ClassCounts, class_probabilities, gamma_at, voxel_counts
+from nnunet_dinomix.pic.mixer import PICSettings
 from nnunet_dinomix.pic.cutmix import (Box, apply_boxes, assemble, box_around, class_presence,
                                        downsample_nearest, draw_boxes)
 
@@ -119,6 +120,20 @@ def test_draw_boxes_targets_the_drawn_class_and_crosses_subsets():
         else:
             assert box.cls == 3 and box.source == 0
             assert b.label[0, 0][box.slices].eq(3).any()
+
+
+def test_labeled_donors_only_pastes_ground_truth_alone():
+    b = _batch()
+    for seed in range(5):
+        boxes = draw_boxes(b, torch.tensor([0.2, 0.4, 0.4]), generator=torch.Generator().manual_seed(seed),
+                           labeled_donors_only=True)
+        assert boxes and all(bx.source < b.num_labeled for bx in boxes)  # sources are the labeled samples 0, 1
+        assert {bx.target for bx in boxes} >= {2, 3}  # the unlabeled samples still receive boxes
+        assert all(bx.cls != 2 for bx in boxes)  # class 2 lives only in the unlabeled samples: never drawn
+        mixed = apply_boxes(b, boxes)
+        assert not mixed.pseudo_weight[:b.num_labeled].any()  # no pseudo-labelled voxel reached a labeled sample
+    with pytest.raises(ValueError, match="donors must be"):
+        PICSettings(donors="unlabeled")
 
 
 def test_draw_boxes_with_empty_pseudo_labels_and_absent_classes():
