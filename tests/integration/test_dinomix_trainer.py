@@ -61,30 +61,28 @@ def test_checkpoint_holds_plain_network_and_resumes_head_counts_and_sampler(phan
                                                                             tmp_path):
     # DistDW is not the default; it is switched on here so that its histogram's resumption is checked too
     with started_trainer("nnUNetTrainerDinoMix", burn_in_steps=0, unsup_class_weighting="distdw") as t:
-        _train_and_resume(t, str(tmp_path / "checkpoint.pth"))
+        t.num_iterations_per_epoch = 2  # nnU-Net checkpoints at the end of an epoch: a 2-iteration epoch
+        for _ in range(2):
+            t.train_step(next(t.dataloader_train))
+        path = str(tmp_path / "checkpoint.pth")
+        state = checkpoint_with_plain_network(t, path)[CHECKPOINT_KEY]
+        assert set(state["fkd_head"]) == set(t.distiller.head.state_dict())
+        assert not any("blocks." in k or "cls_token" in k for k in state["fkd_head"])  # no DINOv3 weights saved
 
-
-def _train_and_resume(t, path: str) -> None:
-    t.num_iterations_per_epoch = 2  # nnU-Net checkpoints at the end of an epoch: simulate a 2-iteration epoch
-    for _ in range(2):
-        t.train_step(next(t.dataloader_train))
-    state = checkpoint_with_plain_network(t, path)[CHECKPOINT_KEY]
-    assert set(state["fkd_head"]) == set(t.distiller.head.state_dict())
-    assert not any("blocks." in k or "cls_token" in k for k in state["fkd_head"])  # no DINOv3 weights saved
-
-    fresh = _trainer("nnUNetTrainerDinoMix")
-    fresh.num_iterations_per_epoch, fresh.unsup_class_weighting = 2, "distdw"
-    fresh.load_checkpoint(path)
-    assert fresh.global_step == t.global_step == 2
-    assert all(torch.equal(a, b) for a, b in zip(parameters_of(fresh.distiller.head), parameters_of(t.distiller.head)))
-    # the curriculum resumes exactly: same counts, same position, same next box draws
-    assert fresh.mixer.counts.updates == t.mixer.counts.updates
-    torch.testing.assert_close(fresh.mixer.probabilities(fresh.progress()), t.mixer.probabilities(t.progress()),
-                               rtol=0, atol=0)
-    assert torch.equal(torch.rand(4, generator=fresh.mixer.generator), torch.rand(4, generator=t.mixer.generator))
-    torch.testing.assert_close(fresh.pseudo_labeller.class_thresholds, t.pseudo_labeller.class_thresholds)
-    assert t.class_balance.counts.updates == 2  # the histogram saw both steps, so its resumption is a real check
-    torch.testing.assert_close(fresh.class_balance.weights, t.class_balance.weights)
+        fresh = _trainer("nnUNetTrainerDinoMix")
+        fresh.num_iterations_per_epoch, fresh.unsup_class_weighting = 2, "distdw"
+        fresh.load_checkpoint(path)
+        assert fresh.global_step == t.global_step == 2
+        head, fresh_head = parameters_of(t.distiller.head), parameters_of(fresh.distiller.head)
+        assert all(torch.equal(a, b) for a, b in zip(fresh_head, head))
+        # the curriculum resumes exactly: same counts, same position, same next box draws
+        assert fresh.mixer.counts.updates == t.mixer.counts.updates
+        torch.testing.assert_close(fresh.mixer.probabilities(fresh.progress()), t.mixer.probabilities(t.progress()),
+                                   rtol=0, atol=0)
+        assert torch.equal(torch.rand(4, generator=fresh.mixer.generator), torch.rand(4, generator=t.mixer.generator))
+        torch.testing.assert_close(fresh.pseudo_labeller.class_thresholds, t.pseudo_labeller.class_thresholds)
+        assert t.class_balance.counts.updates == 2  # the histogram saw both steps, so its resumption is a real check
+        torch.testing.assert_close(fresh.class_balance.weights, t.class_balance.weights)
 
 
 def test_full_trainer_refuses_to_start_without_weights(phantom_with_pool, monkeypatch, tmp_path):
