@@ -220,7 +220,7 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
         run_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     tag = run.label.replace(" ", "_").replace("(", "").replace(")", "")
     if run.label == ANCHOR:
-        return _offline_pl_anchor(run, work, env, run_env, logs, tag, tier)
+        return _offline_pl_anchor(run, work, env, run_env, logs, tag, threads, tier)
     resume = []
     if run.start_from is not None:  # the burn-in is the reference's: start from its snapshot, with nnU-Net's --c
         snapshot = wait_for_snapshot(run, work, tier)
@@ -238,10 +238,11 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
 
 
 def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str,
-                       tag: str, tier: Tier) -> dict:
+                       tag: str, threads: int, tier: Tier) -> dict:
     """FLARE22-style offline pseudo-labelling at the same total steps: the reference's snapshot at half the steps
-    labels the unlabeled cases (dinomix_offline_pl), and plain nnU-Net trains on labeled + pseudo-labelled cases
-    from scratch for the other half."""
+    labels the unlabeled cases (dinomix_offline_pl --no_train), and plain nnU-Net trains on labeled +
+    pseudo-labelled cases from scratch for the other half, launched as every other run (nnUNetv2_train on the CPU
+    would take a thread per core, which side by side with other runs slows it several times)."""
     snapshot = wait_for_snapshot(run, work, tier)
     ref = run.start_from
     ref_results = results_folder(work, ref)
@@ -251,7 +252,10 @@ def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[s
     start = time.time()
     run_command([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", tier.plans, "-c", demo.CONFIGURATION,
                 "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
-                str(ANCHOR_DATASET), "-device", tier.device, "--disable_tta", "-np", "1"], anchor_env,
+                str(ANCHOR_DATASET), "-device", tier.device, "--disable_tta", "-np", "1", "--no_train"], anchor_env,
+                os.path.join(logs, f"pseudo_label_{tag}.log"))
+    run_command([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(ANCHOR_DATASET),
+                demo.CONFIGURATION, "all", "-tr", ref.trainer, "-p", tier.plans, "-device", tier.device], anchor_env,
                 os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start + os.path.getmtime(snapshot) - ref.started_at
     return score(run, work, env, anchor_env, logs, tag, ANCHOR_DATASET, train_s, tier)

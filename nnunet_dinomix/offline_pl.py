@@ -10,7 +10,7 @@ Round r (1..N), each step a command a user could type:
 3. a new dataset ``--target_id + r - 1`` gets the labeled cases and the pseudo-labelled ones (files hard-linked
    where possible). The original dataset is never written;
 4. the source plans move to it (``nnUNetv2_move_plans_between_datasets``), ``nnUNetv2_preprocess`` preprocesses it;
-5. ``nnUNetv2_train`` trains ``--train_trainer`` on it.
+5. ``nnUNetv2_train`` trains ``--train_trainer`` on it (``--no_train``: one round stops before this step).
 
 The last round's model predicts like any nnU-Net model (``nnUNetv2_predict -d TARGET ...``).
 """
@@ -102,6 +102,9 @@ def run_rounds(args) -> int:
         raise DinoMixError(f"--drop_unstable must lie in [0, 1), got {args.drop_unstable}")
     if args.rounds < 1:
         raise DinoMixError(f"--rounds must be at least 1, got {args.rounds}")
+    if args.no_train and args.rounds != 1:
+        raise DinoMixError(f"--no_train stops before the first training, so only one round can be built; a round "
+                           f"after the first needs the previous round's model. Use --rounds 1 (got {args.rounds}).")
     source = paths.resolve_dataset(args.d)
     source_raw = os.path.join(raw_root, source)
     dataset_json = load_json(os.path.join(source_raw, "dataset.json"))
@@ -147,9 +150,13 @@ def run_rounds(args) -> int:
                 shutil.copy2(src, os.path.join(target_pre, f))
         run_command(["nnUNetv2_move_plans_between_datasets", "-s", source, "-t", name, "-sp", args.p, "-tp", args.p])
         run_command(["nnUNetv2_preprocess", "-d", str(tid), "-plans_name", args.p, "-c", args.c, "-np", str(args.np)])
+        train = ["nnUNetv2_train", str(tid), args.c, args.f, "-tr", train_trainer, "-p", args.p, "-device",
+                 args.device]
+        if args.no_train:
+            print(f"  {n} training cases; not trained (--no_train). Train it with: {' '.join(train)}", flush=True)
+            return 0
         print(f"  {n} training cases; training {train_trainer}", flush=True)
-        run_command(["nnUNetv2_train", str(tid), args.c, args.f, "-tr", train_trainer, "-p", args.p,
-                     "-device", args.device])
+        run_command(train)
         model, previous = (name, train_trainer), pseudo
     print(f"Done. The last round's model: nnUNetv2_predict -d {targets[-1][0]} -c {args.c} -f {args.f} -tr "
           f"{train_trainer} -p {args.p} -i ... -o ...")

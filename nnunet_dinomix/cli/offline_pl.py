@@ -32,6 +32,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"))
     p.add_argument("--disable_tta", action="store_true", help="pseudo-label without test-time mirroring")
     p.add_argument("-np", type=int, default=4, help="preprocessing workers")
+    p.add_argument("--no_train", action="store_true",
+                   help="with --rounds 1: build and preprocess the pseudo-labelled dataset, then stop and print the "
+                        "nnUNetv2_train command that trains it (to train it elsewhere, or with other settings)")
     args = p.parse_args(argv)
 
     return run_rounds(args)

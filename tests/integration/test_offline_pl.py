@@ -47,3 +47,12 @@ def test_two_rounds_build_new_datasets_and_never_touch_the_source(phantom_datase
 
     again = run_cli(*cmd, env_extra=budget, check=False)  # the targets exist now: refused, nothing written
     assert again.returncode == 1 and "Dataset ID 960 is already used" in again.stderr
+
+    one = cmd[:cmd.index("--target_id")] + ["--target_id", "970", "-device", "cpu", "--disable_tta", "-np", "1"]
+    refused = run_cli(*one, "--rounds", "2", "--no_train", env_extra=budget, check=False)
+    assert refused.returncode == 1 and "Use --rounds 1" in refused.stderr
+    built = run_cli(*one, "--no_train", env_extra=budget)  # the dataset is built and preprocessed, not trained
+    assert "Train it with: nnUNetv2_train 970 3d_fullres all -tr nnUNetTrainerBudget" in built.stdout
+    assert len(os.listdir(os.path.join(raw, "Dataset970_TestPhantomPL1", "labelsTr"))) == 3 + 4
+    assert os.path.isdir(os.path.join(os.environ["nnUNet_preprocessed"], "Dataset970_TestPhantomPL1"))
+    assert not os.path.exists(os.path.join(results, "Dataset970_TestPhantomPL1"))
