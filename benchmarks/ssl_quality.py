@@ -228,13 +228,18 @@ def _train_and_score(run: Run, work: str, env: Dict[str, str], epochs: int, iter
         shutil.copy2(snapshot, os.path.join(fold_folder(results, run.trainer, tier), "checkpoint_latest.pth"))
         resume = ["--c"]
     start = run.started_at = time.time()
-    run_command([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(run.dataset), demo.CONFIGURATION,
-                "all", "-tr", run.trainer, "-p", tier.plans, "-device", tier.device] + resume, run_env,
+    run_command(train_command(run.dataset, run.trainer, threads, tier) + resume, run_env,
                 os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start
     if run.start_from is not None:  # the wall-clock of the burn-in it shares counts too
         train_s += os.path.getmtime(snapshot) - run.start_from.started_at
     return score(run, work, env, run_env, logs, tag, run.dataset, train_s, tier)
+
+
+def train_command(dataset: int, trainer: str, threads: int, tier: Tier) -> List[str]:
+    """nnUNetv2_train on fold 'all' with ``threads`` torch threads (on the CPU nnU-Net would take one per core)."""
+    return [sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(dataset), demo.CONFIGURATION, "all",
+            "-tr", trainer, "-p", tier.plans, "-device", tier.device]
 
 
 def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str,
@@ -254,8 +259,7 @@ def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[s
                 "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
                 str(ANCHOR_DATASET), "-device", tier.device, "--disable_tta", "-np", "1", "--no_train"], anchor_env,
                 os.path.join(logs, f"pseudo_label_{tag}.log"))
-    run_command([sys.executable, "-c", TRAIN_LAUNCHER.format(threads=threads), str(ANCHOR_DATASET),
-                demo.CONFIGURATION, "all", "-tr", ref.trainer, "-p", tier.plans, "-device", tier.device], anchor_env,
+    run_command(train_command(ANCHOR_DATASET, ref.trainer, threads, tier), anchor_env,
                 os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start + os.path.getmtime(snapshot) - ref.started_at
     return score(run, work, env, anchor_env, logs, tag, ANCHOR_DATASET, train_s, tier)

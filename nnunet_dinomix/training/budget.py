@@ -77,6 +77,14 @@ def seed_everything(seed: int, stream: int = 0) -> None:
     torch.manual_seed(value)
 
 
+def _setting(current, value):
+    """A JSON value as the attribute it replaces: lists become tuples, and an object updates the fields of a
+    dataclass setting (e.g. ``{"pic": {"donors": "labeled"}}``)."""
+    if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        return dataclasses.replace(current, **{k: _setting(getattr(current, k, None), v) for k, v in value.items()})
+    return tuple(value) if isinstance(value, list) else value
+
+
 def apply_budget_from_env(trainer) -> None:
     for attribute, variable in _ENV.items():
         value = os.environ.get(variable)
@@ -90,11 +98,7 @@ def apply_budget_from_env(trainer) -> None:
         for attribute, value in json.loads(settings).items():
             if not hasattr(trainer, attribute):
                 raise ValueError(f"{SETTINGS_ENV}: {type(trainer).__name__} has no attribute {attribute!r}")
-            current = getattr(trainer, attribute)
-            if dataclasses.is_dataclass(current) and isinstance(value, dict):  # e.g. {"pic": {"donors": "labeled"}}
-                value = dataclasses.replace(current, **{k: tuple(v) if isinstance(v, list) else v
-                                                        for k, v in value.items()})
-            setattr(trainer, attribute, tuple(value) if isinstance(value, list) else value)
+            setattr(trainer, attribute, _setting(getattr(trainer, attribute), value))
         trainer.print_to_log_file(f"Settings from {SETTINGS_ENV}: {settings}")
     trainer.print_to_log_file(f"Training length: {trainer.num_epochs} epochs x {trainer.num_iterations_per_epoch} "
                               f"iterations ({trainer.num_val_iterations_per_epoch} validation iterations per epoch)")
