@@ -83,7 +83,8 @@ class Run:
     # shared burn-in: the reference keeps a snapshot at this epoch; a run with `start_from` starts from it
     snapshot_epoch: Optional[int] = None
     start_from: Optional["Run"] = None
-    reused: Optional[dict] = None  # --reference-from: the finished run's record (nothing is retrained)
+    # --reference-from: the finished run's record, nothing is retrained ({}: reused for its snapshot, no record)
+    reused: Optional[dict] = None
     done: threading.Event = field(default_factory=threading.Event)
     started_at: float = 0.0
 
@@ -171,8 +172,14 @@ def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool, tier: 
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
     old = os.path.join(source, f"seed_{reference.seed}")
     record = reused_record(source, reference.label, reference.seed)
-    if record is None:
-        raise SystemExit(f"{source}/records.json has no record of '{reference.label}' for seed {reference.seed}")
+    if record is None:  # e.g. stopped after its snapshot: its model is not needed, its snapshot and pair are
+        if reused_record(source, RESUMED, reference.seed) is None:
+            raise SystemExit(f"{source}/records.json has no record of '{reference.label}' or '{RESUMED}' for seed "
+                             f"{reference.seed}: there is nothing to pair new recipes against")
+        print(f"seed {reference.seed}: {source} has no record of '{reference.label}' (stopped early?): its "
+              f"snapshot and '{RESUMED}' are reused, its own row is n/a here (add it with --report-only --merge)",
+              flush=True)
+        record = {}
     env = nnunet_env(work, tier.device)
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
         shutil.copytree(os.path.join(old, name), env[name], symlinks=True)
@@ -477,9 +484,11 @@ def main(argv=None) -> int:
                 failed = futures[future]
                 print(f"  seed {failed.seed} {failed.label}: FAILED ({e}); see its log in the work folder", flush=True)
                 continue
-            records.append(r)
             if futures[future].reused is not None:
+                if r:
+                    records.append(r)
                 continue
+            records.append(r)
             print(f"  seed {r['seed']} {r['label']}: foreground mean {100 * r['foreground_mean']:.1f}, "
                   f"{r['train_s'] / 60:.1f} min", flush=True)
             with open(os.path.join(work, "records.json"), "w") as f:

@@ -195,3 +195,34 @@ def test_marginal_background_leaves_merged_classes_out_of_the_dice():
                               masked_soft_dice(logits, target, mask, False), atol=1e-4)
     everything = torch.tensor([False, True, True, True])  # all foreground closed: no Dice term, no NaN
     assert float(masked_soft_dice(logits, target, mask, False, merged=everything)) == 0.0
+
+
+def test_strong_view_moves_intensities_but_no_voxel_and_leaves_its_input_alone():
+    import dataclasses
+
+    import numpy as np
+
+    from nnunet_dinomix.random_stream import RandomStream
+    from nnunet_dinomix.ssl.strong_view import StrongView, StrongViewSettings
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 6, 8, 8).repeat(4, 1, 1, 1, 1)  # four copies of one sample
+    before = x.clone()
+    always = StrongViewSettings(p_brightness=1.0, p_contrast=1.0, p_gamma=1.0, p_noise=0.0)
+    with RandomStream(1).active():
+        y = StrongView(always)(x)
+    assert torch.equal(x, before) and y.shape == x.shape and y.dtype == x.dtype
+    assert not torch.allclose(y, x, atol=1e-2)
+    assert not torch.allclose(y[0], y[1], atol=1e-3)  # every sample its own draw
+    for b in range(4):  # brightness, contrast and gamma are monotone: the intensity order of each channel stays
+        for c in range(2):
+            order = torch.argsort(x[b, c].flatten())
+            assert bool((torch.diff(y[b, c].flatten()[order]) >= -1e-5).all())
+    # reproducible from a stream, and the global generators are left where they were
+    state = np.random.get_state()[1].copy(), torch.random.get_rng_state()
+    with RandomStream(1).active():
+        again = StrongView(always)(x)
+    assert torch.equal(again, y)
+    assert np.array_equal(np.random.get_state()[1], state[0]) and torch.equal(torch.random.get_rng_state(), state[1])
+    never = dataclasses.replace(always, p_brightness=0.0, p_contrast=0.0, p_gamma=0.0)
+    assert torch.equal(StrongView(never)(x), x)
