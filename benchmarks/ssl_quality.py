@@ -51,9 +51,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget"]
 UPPER = "upper bound (all labels)"
 ANALYSIS = "## What it shows"  # a result file's hand-written analysis starts here; --report-only keeps it
-ANCHOR = "offline PL (anchor)"
+# the offline-PL anchor resumed from the reference's snapshot ("offline PL (anchor)" in earlier records trained
+# from scratch for the second half only: another definition, so another label)
+ANCHOR = "offline PL (resumed)"
 RESUMED = "nnU-Net (resumed)"  # --shared-burn-in: the reference resumed from its own snapshot, the exact pair
 DATASET, FULL_DATASET, ANCHOR_DATASET = 990, 991, 992
+ANCHOR_DATASET_NAME = demo.DATASET_NAME + "PL1"  # dinomix_offline_pl's name for the first round's dataset
 # nnU-Net sizes torch's thread pool from multiprocessing.cpu_count(); runs side by side get a share of the cores
 TRAIN_LAUNCHER = ("import multiprocessing, sys; multiprocessing.cpu_count = lambda: {threads}; "
                   "from nnunetv2.run.run_training import run_training_entry; sys.argv[0] = 'nnUNetv2_train'; "
@@ -89,9 +92,10 @@ class Run:
     started_at: float = 0.0
 
 
-def fold_folder(results: str, trainer: str, tier: Tier) -> str:
+def fold_folder(results: str, trainer: str, tier: Tier, dataset_folder: Optional[str] = None) -> str:
+    """nnU-Net's fold 'all' folder of ``trainer`` in ``results`` (of the phantom dataset unless ``dataset_folder``)."""
     from nnunet_dinomix.phantom.dataset import dataset_folder_name
-    return os.path.join(results, dataset_folder_name(DATASET, demo.DATASET_NAME),
+    return os.path.join(results, dataset_folder or dataset_folder_name(DATASET, demo.DATASET_NAME),
                         f"{trainer}__{tier.plans}__{demo.CONFIGURATION}", "fold_all")
 
 
@@ -181,9 +185,10 @@ def reuse_seed(source: str, work: str, reference: Run, upper_bound: bool, tier: 
               flush=True)
         record = {}
     env = nnunet_env(work, tier.device)
+    anchor = shutil.ignore_patterns(f"Dataset{ANCHOR_DATASET}_*")  # an anchor here is made anew, never reused
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):
-        shutil.copytree(os.path.join(old, name), env[name], symlinks=True)
-    shutil.copytree(results_folder(old, reference), results_folder(work, reference))
+        shutil.copytree(os.path.join(old, name), env[name], symlinks=True, ignore=anchor)
+    shutil.copytree(results_folder(old, reference), results_folder(work, reference), ignore=anchor)
     reference.reused = record
     # the reference's start, for the wall-clock of the runs that share its burn-in: nnU-Net's log is named by it
     folder = fold_folder(results_folder(work, reference), reference.trainer, tier)
@@ -251,22 +256,30 @@ def train_command(dataset: int, trainer: str, threads: int, tier: Tier) -> List[
 
 def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str,
                        tag: str, threads: int, tier: Tier) -> dict:
-    """FLARE22-style offline pseudo-labelling at the same total steps: the reference's snapshot at half the steps
-    labels the unlabeled cases (dinomix_offline_pl --no_train), and plain nnU-Net trains on labeled +
-    pseudo-labelled cases from scratch for the other half, launched as every other run (nnUNetv2_train on the CPU
-    would take a thread per core, which side by side with other runs slows it several times)."""
+    """FLARE22-style offline pseudo-labelling at the same total steps, paired as the semi-supervised runs are: the
+    reference's snapshot at half the steps labels the unlabeled cases (dinomix_offline_pl --no_train), and plain
+    nnU-Net resumes from that snapshot (nnU-Net's --c: weights, optimizer, learning-rate schedule) on the labeled +
+    pseudo-labelled cases for the other half. It differs from 'nnU-Net (resumed)' only in its second half's data.
+    (Retraining from scratch for half the steps, as offline pseudo-labelling does with a full budget per round, is
+    no reference at a fixed budget: at 1,200 steps even every true label scored 10.1 on the label-limited phantom.)
+    Launched as every other run: nnUNetv2_train on the CPU would take a thread per core."""
+    from nnunet_dinomix.phantom.dataset import dataset_folder_name
     snapshot = wait_for_snapshot(run, work, tier)
     ref = run.start_from
     ref_results = results_folder(work, ref)
-    # the anchor trains half the steps; its own results (dataset ANCHOR_DATASET) sit beside the reference's model
-    anchor_env = dict(run_env, nnUNet_results=ref_results, DINOMIX_NUM_EPOCHS=str(ref.snapshot_epoch))
+    # the anchor's own results (dataset ANCHOR_DATASET) sit beside the reference's model
+    anchor_env = dict(run_env, nnUNet_results=ref_results)
     anchor_env.pop("DINOMIX_TRAINER_SETTINGS", None)
     start = time.time()
     run_command([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", tier.plans, "-c", demo.CONFIGURATION,
                 "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
                 str(ANCHOR_DATASET), "-device", tier.device, "--disable_tta", "-np", "1", "--no_train"], anchor_env,
                 os.path.join(logs, f"pseudo_label_{tag}.log"))
-    run_command(train_command(ANCHOR_DATASET, ref.trainer, threads, tier), anchor_env,
+    fold = fold_folder(ref_results, ref.trainer, tier, dataset_folder_name(ANCHOR_DATASET, ANCHOR_DATASET_NAME))
+    os.makedirs(fold, exist_ok=True)
+    shutil.copy2(snapshot, os.path.join(fold, "checkpoint_latest.pth"))
+    run.started_at = time.time()
+    run_command(train_command(ANCHOR_DATASET, ref.trainer, threads, tier) + ["--c"], anchor_env,
                 os.path.join(logs, f"train_{tag}.log"))
     train_s = time.time() - start + os.path.getmtime(snapshot) - ref.started_at
     return score(run, work, env, anchor_env, logs, tag, ANCHOR_DATASET, train_s, tier)
@@ -393,7 +406,8 @@ def main(argv=None) -> int:
                                                           "to show every class together")
     p.add_argument("--anchor", action="store_true",
                    help=f"add '{ANCHOR}': the reference's snapshot at half the steps pseudo-labels the unlabeled "
-                        f"cases, plain nnU-Net trains on all of them for the other half (needs --shared-burn-in)")
+                        f"cases, plain nnU-Net resumes from the snapshot on all of them for the other half (needs "
+                        f"--shared-burn-in)")
     p.add_argument("--shared-burn-in", action="store_true",
                    help="the semi-supervised runs start from the reference's checkpoint at half the steps (their "
                         "burn-in, which with DINOMIX_SEED is the reference's first half anyway) instead of "
