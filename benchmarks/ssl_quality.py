@@ -430,10 +430,18 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
     p.add_argument("--merge", nargs="+", default=[], metavar="WORK",
                    help="with --report-only: add these work folders' records (or records files, "
-                        "benchmarks/results/records/NAME.json, which outlive the work folders), for one report over "
+                        "benchmarks/results/records/NAME.json, which outlive the work folders, or result files, "
+                        "benchmarks/results/NAME.md, read back to 0.1 points), for one report over "
                         "recipes or seeds that ran at different times (a label and seed found in two sources must "
                         "have one score)")
+    p.add_argument("--alias", nargs="+", default=[], metavar="OLD=NEW",
+                   help="with --merge: report runs labelled OLD as NEW (one run definition under two names, e.g. "
+                        f"'nnU-Net-resumed-s0={RESUMED}')")
     args = p.parse_args(argv)
+    if args.alias and not args.merge:
+        p.error("--alias renames merged records: it needs --merge")
+    if any("=" not in a for a in args.alias):
+        p.error("--alias takes OLD=NEW")
     if args.steps % args.iterations:
         p.error("--steps must be a multiple of --iterations")
     work = os.path.abspath(args.work or os.path.join(HERE, "work", args.name))
@@ -443,7 +451,8 @@ def main(argv=None) -> int:
         sources = [os.path.abspath(m) for m in args.merge]
         if os.path.isdir(work) or not sources:  # merging only records files needs no work folder
             sources.insert(0, work)
-        records = merged_records(sources)
+        aliases = dict(a.split("=", 1) for a in args.alias)
+        records = merged_records(sources, aliases)
         return write_result(args, argv, work, records, time.time())
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
@@ -517,25 +526,80 @@ def reused_record(source: str, label: str, seed: int) -> Optional[dict]:
         return next((r for r in json.load(f) if r["label"] == label and r["seed"] == seed), None)
 
 
-def merged_records(works: List[str]) -> List[dict]:
-    """The records of several work folders or records files, one per (label, seed). A reused reference appears in
-    every folder that paired against it; the copies must agree, or two different runs carry one label."""
+def merged_records(works: List[str], aliases: Optional[Dict[str, str]] = None) -> List[dict]:
+    """The records of several work folders, records files or result files (``.md``, see
+    :func:`records_from_report`), one per (label, seed); ``aliases`` renames labels first (one run definition
+    reported under two names). A reused reference appears in every folder that paired against it; the copies must
+    agree (to the 0.05 points a result file rounds to, where one is), or two different runs carry one label. Where
+    both are there, the exact record wins over the rounded one."""
     merged: Dict[tuple, dict] = {}
     for work in works:
-        path = work if work.endswith(".json") else os.path.join(work, "records.json")
-        if not os.path.isfile(path):
-            raise SystemExit(f"{path} does not exist: {work} is neither a finished ssl_quality work folder nor a "
-                             f"records file")
-        with open(path) as f:
-            for r in json.load(f):
-                key = (r["label"], r["seed"])
-                if key in merged and not math.isclose(merged[key]["foreground_mean"], r["foreground_mean"],
-                                                      abs_tol=1e-9):
-                    raise SystemExit(f"seed {r['seed']} '{r['label']}' scores {merged[key]['foreground_mean']:.4f} in "
-                                     f"one folder and {r['foreground_mean']:.4f} in {work}: two different runs carry "
-                                     f"one label; give them distinct labels before merging")
-                merged.setdefault(key, r)
+        if work.endswith(".md"):
+            found = records_from_report(work)
+        else:
+            path = work if work.endswith(".json") else os.path.join(work, "records.json")
+            if not os.path.isfile(path):
+                raise SystemExit(f"{path} does not exist: {work} is neither a finished ssl_quality work folder nor a "
+                                 f"records file")
+            with open(path) as f:
+                found = json.load(f)
+        for r in found:
+            r = dict(r, label=(aliases or {}).get(r["label"], r["label"]))
+            key = (r["label"], r["seed"])
+            if key in merged:
+                old = merged[key]
+                tol = 5e-4 if old.get("rounded") or r.get("rounded") else 1e-9
+                if not math.isclose(old["foreground_mean"], r["foreground_mean"], abs_tol=tol):
+                    raise SystemExit(f"seed {r['seed']} '{r['label']}' scores {old['foreground_mean']:.4f} in one "
+                                     f"source and {r['foreground_mean']:.4f} in {work}: two different runs carry one "
+                                     f"label; give them distinct labels before merging")
+                if old.get("rounded") and not r.get("rounded"):
+                    merged[key] = r
+                continue
+            merged[key] = r
     return list(merged.values())
+
+
+def records_from_report(path: str) -> List[dict]:
+    """The records a result file shows, read back from its "Per seed" tables: for runs whose work folder and
+    records file are gone (records files exist since 2026-11-25). Dice values are rounded to 0.1 points there, so
+    these records carry ``rounded``; a run's wall-clock is the per-seed table's."""
+    with open(path) as f:
+        lines = [line.rstrip("\n") for line in f]
+
+    def table(start: int) -> tuple:
+        header = [c.strip() for c in lines[start].strip("|").split("|")]
+        rows, i = [], start + 2
+        while i < len(lines) and lines[i].startswith("|"):
+            rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+            i += 1
+        return header, rows
+
+    def number(cell: str) -> float:
+        return float("nan") if cell == "n/a" else float(cell) / 100
+
+    minutes: Dict[tuple, float] = {}
+    section = lines.index("## Per seed: foreground mean / 3 rarest (%) and training wall-clock (min)")
+    header, rows = table(section + 2)
+    for row in rows:
+        for label, cell in zip(header[1:], row[1:]):
+            if cell != "n/a":
+                minutes[(label, int(row[0]))] = float(cell.rsplit("(", 1)[1].rstrip(")"))
+    records = []
+    for i in range(lines.index("## Per seed, per class (%)"), len(lines)):
+        if not (lines[i].startswith("Seed ") and lines[i].endswith(":")):
+            continue
+        seed = int(lines[i][len("Seed "):-1])
+        header, rows = table(i + 2)
+        values = {row[0]: row[1:] for row in rows}
+        for j, label in enumerate(header[1:]):
+            if values["mean (foreground)"][j] == "n/a":
+                continue
+            dice = {name: number(cells[j]) for name, cells in values.items() if not name.startswith("mean (")}
+            records.append({"label": label, "seed": seed, "dice": dice,
+                            "foreground_mean": number(values["mean (foreground)"][j]),
+                            "train_s": 60 * minutes[(label, seed)], "rounded": True})
+    return records
 
 
 def tier_of(args) -> Tier:

@@ -1,0 +1,53 @@
+"""benchmarks/ssl_quality.py's records: a result file read back gives the records it was written from (to the 0.1
+points it rounds to), and merging refuses two different runs under one label."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import ssl_quality  # noqa: E402
+
+from nnunet_dinomix.phantom.generator import LABELS  # noqa: E402
+
+CLASSES = [c for c in LABELS if c != "background"]
+
+
+def _record(label, seed, offset):
+    dice = {c: min(1.0, 0.1 * i + offset) for i, c in enumerate(CLASSES)}
+    dice["adrenal"] = float("nan")  # a class with no prediction and no truth in any test case
+    fm = sum(v for v in dice.values() if v == v) / (len(dice) - 1)
+    return {"label": label, "seed": seed, "dice": dice, "foreground_mean": fm, "train_s": 600.0 + 60 * seed}
+
+
+def test_a_result_file_reads_back_as_its_records(tmp_path):
+    records = [_record("plain", 1, 0.0123), _record("MT", 1, 0.0456), _record("plain", 2, 0.0789)]
+    text = ssl_quality.report(records, ["plain", "MT", "absent"], ["adrenal", "gallbladder", "pancreas"], ["# r"])
+    path = tmp_path / "r.md"
+    path.write_text(text)
+    back = {(r["label"], r["seed"]): r for r in ssl_quality.records_from_report(str(path))}
+    assert set(back) == {("plain", 1), ("MT", 1), ("plain", 2)}  # no record where the report says n/a
+    for r in records:
+        b = back[(r["label"], r["seed"])]
+        assert b["rounded"] and b["train_s"] == pytest.approx(r["train_s"], abs=3)
+        assert b["foreground_mean"] == pytest.approx(r["foreground_mean"], abs=5e-4)
+        for c in CLASSES:
+            if c == "adrenal":
+                assert b["dice"][c] != b["dice"][c]  # nan stays nan
+            else:
+                assert b["dice"][c] == pytest.approx(r["dice"][c], abs=5e-4)
+
+
+def test_merging_prefers_exact_records_renames_and_refuses_two_runs_under_one_label(tmp_path):
+    exact = [_record("nnU-Net (resumed)", 3, 0.0123)]
+    text = ssl_quality.report([_record("resumed-s0", 3, 0.0123)], ["resumed-s0"], ["gallbladder"], ["# r"])
+    (tmp_path / "old.md").write_text(text)
+    (tmp_path / "new.json").write_text(json.dumps(exact))
+    merged = ssl_quality.merged_records([str(tmp_path / "old.md"), str(tmp_path / "new.json")],
+                                        {"resumed-s0": "nnU-Net (resumed)"})
+    assert len(merged) == 1 and "rounded" not in merged[0]  # the exact record, not the one read back
+    assert merged[0]["label"] == "nnU-Net (resumed)" and merged[0]["foreground_mean"] == exact[0]["foreground_mean"]
+    (tmp_path / "other.json").write_text(json.dumps([_record("nnU-Net (resumed)", 3, 0.02)]))
+    with pytest.raises(SystemExit, match="two different runs carry one label"):
+        ssl_quality.merged_records([str(tmp_path / "new.json"), str(tmp_path / "other.json")])
