@@ -15,10 +15,12 @@ the CUDA generator), so a caller that wants a reproducible stream wraps the call
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
 from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
 from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
@@ -76,3 +78,55 @@ class StrongView:
         for i in range(out.shape[0]):
             out[i] = self.transforms(image=out[i])["image"]
         return out.to(x.dtype)
+
+
+@dataclass
+class SpatialViewSettings:
+    """Per sample, an in-plane rotation (about the first spatial axis, nnU-Net's lowest-resolution one in 3D) drawn
+    from ``±rotation_degrees`` and a zoom from ``scale``, rigid in voxel space."""
+    rotation_degrees: float = 30.0
+    scale: Tuple[float, float] = (0.8, 1.2)
+
+
+class SpatialView:
+    """The student's crop rotated and zoomed, with the teacher's pseudo-labels moved along (nearest neighbour), so
+    that they still say what is under each voxel; voxels that come from outside the crop are not trusted.
+
+    Intensity changes leave a network's prediction nearly where it was; a new geometry does not. Offline pseudo-
+    labelling gets this for free (its labels are made once and then augmented like ground truth), Mean Teacher
+    does not: its teacher sees the very crop nnU-Net's spatial augmentation made for the student. Parameters are
+    drawn on the CPU from the global torch generator, also for CUDA tensors."""
+
+    def __init__(self, settings: SpatialViewSettings = SpatialViewSettings()):
+        self.settings = settings
+
+    def draw(self, n: int, spatial: Tuple[int, ...]) -> torch.Tensor:
+        """(n, d, d + 1) float: ``affine_grid``'s matrices (output to input coordinates, axes in x, y, (z) order:
+        the last spatial axis first)."""
+        s = self.settings
+        d = len(spatial)
+        angle = (torch.rand(n, dtype=torch.float64) * 2 - 1) * math.radians(s.rotation_degrees)
+        zoom = s.scale[0] + torch.rand(n, dtype=torch.float64) * (s.scale[1] - s.scale[0])
+        half = torch.tensor(spatial[::-1], dtype=torch.float64) / 2  # voxels per unit of the normalised axes
+        theta = torch.zeros(n, d, d + 1, dtype=torch.float64)
+        theta[:, :d, :d] = torch.eye(d, dtype=torch.float64)
+        rotation = torch.stack((torch.stack((angle.cos(), -angle.sin()), -1),
+                                torch.stack((angle.sin(), angle.cos()), -1)), -2)  # in the x-y plane
+        theta[:, :2, :2] = rotation
+        theta[:, :d, :d] = theta[:, :d, :d] / zoom[:, None, None]
+        # rigid in voxels: normalised -> voxels, rotate and zoom, back to normalised
+        theta[:, :d, :d] = theta[:, :d, :d] * half[None, None, :] / half[None, :, None]
+        return theta.float()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, mask: torch.Tensor):
+        """``(x', labels', confidence', mask')``: the image by linear interpolation (zero outside), the others by
+        nearest neighbour, the trust mask 0 where a voxel comes from outside the crop."""
+        theta = self.draw(x.shape[0], tuple(x.shape[2:])).to(x.device)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        image = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        moved = F.grid_sample(torch.cat((labels.float(), confidence.float(), mask.float()), 1), grid,
+                              mode="nearest", padding_mode="zeros", align_corners=False)
+        inside = (grid.abs() <= 1).all(-1).unsqueeze(1)
+        return (image.to(x.dtype), moved[:, :1].round().long(), moved[:, 1:2].to(confidence.dtype),
+                (moved[:, 2:3] * inside).to(mask.dtype))

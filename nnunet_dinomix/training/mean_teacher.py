@@ -7,9 +7,10 @@ to ``None``). One iteration, as in docs/method.md:
    labeled samples when there is a mixer); at its end the EMA teacher is re-initialised from the student;
 1. ``teacher_pseudo_labels``: the EMA teacher predicts the clean unlabeled batch; the ``pseudo_labeller`` turns
    that into arg-max pseudo-labels and a trust mask (its confidence rule);
-2. ``mix``: labeled samples and the student's view of the unlabeled ones (clipped noise, after the ``strong_view``
-   when there is one) become one :class:`MixBatch` whose voxels know whether they carry ground truth or a
-   pseudo-label; the ``mixer`` (PIC, or ``None``) pastes boxes between them;
+2. ``mix``: labeled samples and the student's view of the unlabeled ones (``student_view``: the ``spatial_view``
+   moving image and pseudo-labels, the ``strong_view``, clipped noise) become one :class:`MixBatch` whose voxels
+   know whether they carry ground truth or a pseudo-label; the ``mixer`` (PIC, or ``None``) pastes boxes between
+   them;
 3. ``student_forward`` on the batch, then ``segmentation_losses``: ``L_sup`` (nnU-Net's Dice + CE with deep
    supervision on ground-truth voxels) and ``L_unsup`` (the ``unsup_loss`` on trusted pseudo-labelled voxels,
    class-weighted by ``class_balance`` when set);
@@ -37,7 +38,7 @@ from nnunet_dinomix.ssl.perturb import clipped_gaussian_noise
 from nnunet_dinomix.ssl.pseudo import (ClassBalance, PseudoLabeller, PseudoLabels, class_reliability,
                                        pseudo_label_quality, reliable_classes)
 from nnunet_dinomix.ssl.schedules import sigmoid_rampup
-from nnunet_dinomix.ssl.strong_view import StrongView
+from nnunet_dinomix.ssl.strong_view import SpatialView, StrongView
 from nnunet_dinomix.training.semi_supervised import as_list, nnUNetTrainerSemiSupervised
 
 QUALITY_KEYS = ("pl_precision", "pl_recall", "pl_confident")
@@ -86,6 +87,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         # True: the student sees a strong intensity view of the teacher's unlabeled crop (FixMatch's weak-to-strong
         # consistency, ssl/strong_view.py); False: the same crop with the noise above only
         self.student_strong_view = False
+        # True: the student's view is also rotated in-plane and zoomed, the pseudo-labels moved along
+        # (ssl/strong_view.py: SpatialView); the teacher still sees nnU-Net's crop
+        self.student_spatial_view = False
         # a supervised nnU-Net checkpoint of this dataset to start from (burn-in skipped); None: the
         # -pretrained_weights of nnUNetv2_train's command line, if given
         self.pretrained_weights: Optional[str] = None
@@ -94,6 +98,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         self.pseudo_labeller: Optional[PseudoLabeller] = None
         self.class_balance: Optional[ClassBalance] = None
         self.strong_view: Optional[StrongView] = None
+        self.spatial_view: Optional[SpatialView] = None
         self.mixer = None  # e.g. PICMixer: MixBatch, progress -> MixBatch, with state_dict()
 
     # ------------------------------------------------------------------ the algorithm
@@ -133,16 +138,24 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             batch = assemble(x_l, full_res_target, empty, full_res_target[:0], empty[:, :1],
                              self.label_manager.ignore_label)
         else:
-            batch = assemble(x_l, full_res_target, self.student_view(x_u), pseudo.labels, pseudo.mask,
-                             self.label_manager.ignore_label)
+            view, pseudo = self.student_view(x_u, pseudo)
+            batch = assemble(x_l, full_res_target, view, pseudo.labels, pseudo.mask, self.label_manager.ignore_label)
         return batch if self.mixer is None else self.mixer(batch, self.progress())
 
-    def student_view(self, x_u: torch.Tensor) -> torch.Tensor:
-        """The student's view of the unlabeled crop the teacher saw: the strong view (when there is one), then the
-        clipped noise. Voxel-aligned, so the teacher's pseudo-labels hold for it; drawn from the unlabeled stream."""
+    def student_view(self, x_u: torch.Tensor, pseudo: PseudoLabels) -> Tuple[torch.Tensor, PseudoLabels]:
+        """The student's view of the unlabeled crop the teacher saw, and the pseudo-labels where they now lie: the
+        spatial view moves both (when there is one), the strong view and the clipped noise only intensities. Drawn
+        from the unlabeled stream."""
         with self.unlabeled_random.active():
+            if self.spatial_view is not None:
+                x_u, *moved = self.spatial_view(x_u, pseudo.labels, pseudo.confidence, pseudo.mask)
+                pseudo = PseudoLabels(*moved)
             view = x_u if self.strong_view is None else self.strong_view(x_u)
-            return clipped_gaussian_noise(view, self.student_noise_std)
+            return clipped_gaussian_noise(view, self.student_noise_std), pseudo
+
+    def student_view_name(self) -> str:
+        parts = [name for name, part in (("spatial", self.spatial_view), ("strong", self.strong_view)) if part]
+        return " + ".join(parts + [f"noise {self.student_noise_std}"])
 
     def student_forward(self, x: torch.Tensor):
         """The student's outputs at every scale, and the features an auxiliary loss taps (None here)."""
@@ -249,6 +262,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         if self.unsup_class_weighting not in (None, "distdw"):
             raise DinoMixError(f"unknown unsup_class_weighting {self.unsup_class_weighting!r}; use None or 'distdw'")
         self.strong_view = StrongView() if self.student_strong_view else None
+        self.spatial_view = SpatialView() if self.student_spatial_view else None
         self.mixer = self.build_mixer()
 
     def build_mixer(self):
@@ -311,8 +325,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             f"{self.unsup_loss} x {self.unsup_weight_max} (ramp {self.unsup_rampup_fraction} of the rest), class "
             f"weighting {self.unsup_class_weighting}, confidence rule {self.confidence_rule} "
             f"({self.confidence_threshold}), class gate {self.class_gate_dice}, marginal background "
-            f"{self.unsup_marginal_background}; student view "
-            f"{'strong + noise' if self.strong_view else 'noise'} ({self.student_noise_std}); mixer "
+            f"{self.unsup_marginal_background}; student view {self.student_view_name()}; mixer "
             f"{type(self.mixer).__name__ if self.mixer else None}")
 
     # ------------------------------------------------------------------ logging and pseudo-label diagnostics

@@ -103,14 +103,16 @@ def test_a_marginal_background_without_the_class_gate_is_refused(phantom_with_po
     assert t.network is None
 
 
-def test_the_strong_view_perturbs_only_the_students_unlabeled_samples(phantom_with_pool):
-    from nnunet_dinomix.ssl.strong_view import StrongView
-    with started_trainer("nnUNetTrainerMeanTeacher", student_noise_std=0.0) as t:
+def test_the_student_views_perturb_only_the_students_unlabeled_samples(phantom_with_pool):
+    from nnunet_dinomix.ssl.strong_view import SpatialView, StrongView
+    with started_trainer("nnUNetTrainerMeanTeacher", student_noise_std=0.0, burn_in_steps=0) as t:
         x_u = t.unlabeled_batch()
-        assert t.strong_view is None and torch.equal(t.student_view(x_u), x_u)  # the default: the noise only
+        pseudo = t.teacher_pseudo_labels(x_u)
+        view, moved = t.student_view(x_u, pseudo)  # the default: the same crop (and the noise, here 0)
+        assert t.strong_view is None and t.spatial_view is None and torch.equal(view, x_u) and moved is pseudo
     with started_trainer("nnUNetTrainerMeanTeacher", student_noise_std=0.0, student_strong_view=True,
                          burn_in_steps=0) as t:
-        assert isinstance(t.strong_view, StrongView)
+        assert isinstance(t.strong_view, StrongView) and t.spatial_view is None
         x_l, y_l = t.labeled_batch(next(t.dataloader_train))
         x_u = t.unlabeled_batch()
         pseudo = t.teacher_pseudo_labels(x_u)  # the teacher sees the crop as the loader made it
@@ -118,6 +120,11 @@ def test_the_strong_view_perturbs_only_the_students_unlabeled_samples(phantom_wi
         b = x_l.shape[0]
         assert torch.equal(mixed.image[:b], x_l) and not torch.equal(mixed.image[b:], x_u)
         assert torch.equal(mixed.label[b:], pseudo.labels)  # no voxel moved: the pseudo-labels hold as they are
+        t.spatial_view = SpatialView()  # as student_spatial_view builds it
+        mixed = t.mix(x_l, y_l, x_u, pseudo)
+        assert torch.equal(mixed.image[:b], x_l) and not torch.equal(mixed.image[b:], x_u)
+        assert not torch.equal(mixed.label[b:], pseudo.labels)  # moved with the student's crop
+        assert set(mixed.label[b:].unique().tolist()) <= set(pseudo.labels.unique().tolist())  # nearest: no new class
         out = t.train_step(next(t.dataloader_train))
         assert torch.isfinite(torch.as_tensor(out["train_loss_unsup"])) and out["unsup_weight"] >= 0
 

@@ -226,3 +226,37 @@ def test_strong_view_moves_intensities_but_no_voxel_and_leaves_its_input_alone()
     assert np.array_equal(np.random.get_state()[1], state[0]) and torch.equal(torch.random.get_rng_state(), state[1])
     never = dataclasses.replace(always, p_brightness=0.0, p_contrast=0.0, p_gamma=0.0)
     assert torch.equal(StrongView(never)(x), x)
+
+
+def test_spatial_view_is_rigid_in_voxels_and_moves_labels_with_the_image():
+    from nnunet_dinomix.ssl.strong_view import SpatialView, SpatialViewSettings
+
+    d, h, w = 4, 24, 40  # a plane that is not square: a rotation in normalised coordinates would shear it
+    view = SpatialView(SpatialViewSettings(45.0, (0.8, 1.2)))
+    torch.manual_seed(0)
+    theta = view.draw(500, (d, h, w)).double()
+    half = torch.tensor([w, h, d], dtype=torch.float64) / 2
+    in_voxels = theta[:, :, :3] * half[None, :, None] / half[None, None, :]
+    zoom = 1 / in_voxels[:, 2, 2]
+    assert torch.allclose(in_voxels @ in_voxels.transpose(1, 2), torch.diag_embed((1 / zoom[:, None] ** 2)
+                                                                                  .expand(-1, 3)), atol=1e-6)
+    angles = torch.atan2(in_voxels[:, 1, 0], in_voxels[:, 0, 0]).rad2deg()
+    assert angles.abs().max() <= 45 and angles.abs().max() > 40 and angles.abs().min() < 5
+    assert zoom.min() >= 0.8 - 1e-6 and zoom.max() <= 1.2 + 1e-6 and zoom.max() - zoom.min() > 0.35
+
+    yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    disk = ((yy ** 2 + xx ** 2) <= 8 ** 2).long()
+    labels = disk[None, None, None].repeat(2, 1, d, 1, 1)
+    x, conf, mask = labels.float() * 3, torch.rand(labels.shape), torch.ones(labels.shape)
+    image, moved, _, trust = view(x, labels, conf, mask)
+    for b in range(2):
+        inside_disk = moved[b, 0, 0] == 1
+        cy, cx = yy[inside_disk], xx[inside_disk]
+        assert abs(float(cy.var()) - float(cx.var())) < 0.15 * float(cx.var())  # the disk stays round
+        assert abs(float(cy.mean())) < 1 and abs(float(cx.mean())) < 1  # and where it was
+    inside = trust > 0
+    assert bool(((image / 3).round().long()[inside] == moved[inside]).float().mean() > 0.97)  # labels follow
+    identity = SpatialView(SpatialViewSettings(0.0, (1.0, 1.0)))(x, labels, conf, mask)
+    assert torch.equal(identity[1], labels) and torch.allclose(identity[0], x, atol=1e-4) and bool((identity[3] == 1).all())
+    zoomed_out = SpatialView(SpatialViewSettings(0.0, (0.7, 0.7)))(x, labels, conf, mask)[3]
+    assert float(zoomed_out[:, :, :, 0].max()) == 0 and float(zoomed_out[:, :, 1:-1, h // 2, w // 2].min()) == 1
