@@ -150,7 +150,8 @@ def main(argv=None) -> int:
              "|---|---:|---:|---:|---:|" + ("---:|---:|" if peak else "")]
     for name, ts in times.items():
         med = float(np.median(ts))
-        row = f"| {name} | {med:.3f} | {np.percentile(ts, 25):.3f} | {np.percentile(ts, 75):.3f} | {med / base_median:.2f} |"
+        q1, q3 = np.percentile(ts, 25), np.percentile(ts, 75)
+        row = f"| {name} | {med:.3f} | {q1:.3f} | {q3:.3f} | {med / base_median:.2f} |"
         if peak:
             row += f" {peak[name] / 2 ** 30:.2f} | {peak[name] / peak[base]:.2f} |"
         lines.append(row)

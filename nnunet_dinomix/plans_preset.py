@@ -58,7 +58,8 @@ def derive_plans(plans: dict, preset: dict) -> dict:
                                f"(available: {', '.join(new['configurations'])}).")
         conf = new["configurations"][name]
         if "inherits_from" in conf or "architecture" not in conf:
-            raise DinoMixError(f"Configuration '{name}' inherits its settings; presets only apply to full configurations.")
+            raise DinoMixError(f"Configuration '{name}' inherits its settings; presets only apply to full "
+                               "configurations.")
         arch = conf["architecture"]
         if arch["network_class_name"] != _PLAIN_UNET:
             raise DinoMixError(f"Presets are written for {_PLAIN_UNET}; configuration '{name}' uses "

@@ -28,7 +28,8 @@ def hf_folder(model, folder):
                    l + "attention.o_proj.weight": meta[b + "attn.proj.weight"],
                    l + "attention.o_proj.bias": meta[b + "attn.proj.bias"],
                    l + "layer_scale1.lambda1": meta[b + "ls1.gamma"], l + "layer_scale2.lambda1": meta[b + "ls2.gamma"],
-                   l + "mlp.up_proj.weight": meta[b + "mlp.fc1.weight"], l + "mlp.up_proj.bias": meta[b + "mlp.fc1.bias"],
+                   l + "mlp.up_proj.weight": meta[b + "mlp.fc1.weight"],
+                   l + "mlp.up_proj.bias": meta[b + "mlp.fc1.bias"],
                    l + "mlp.down_proj.weight": meta[b + "mlp.fc2.weight"],
                    l + "mlp.down_proj.bias": meta[b + "mlp.fc2.bias"]})
         for n in ("norm1", "norm2"):

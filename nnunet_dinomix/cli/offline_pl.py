@@ -28,7 +28,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--drop_unstable", type=float, default=0.0,
                    help="from round 2, drop this fraction of cases whose labels changed most [default: 0]")
-    p.add_argument("-i", default=None, help=f"unlabeled images [default: nnUNet_raw/DATASET/{paths.UNLABELED_RAW_FOLDER}]")
+    p.add_argument("-i", default=None,
+                   help=f"unlabeled images [default: nnUNet_raw/DATASET/{paths.UNLABELED_RAW_FOLDER}]")
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"))
     p.add_argument("--disable_tta", action="store_true", help="pseudo-label without test-time mirroring")
     p.add_argument("-np", type=int, default=4, help="preprocessing workers")

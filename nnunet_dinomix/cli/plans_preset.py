@@ -20,7 +20,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("-d", required=True, help="dataset name or ID")
     parser.add_argument("--preset", default="tiny_cpu", help="shipped preset name or path to a preset JSON "
                                                                "[default: tiny_cpu]")
-    parser.add_argument("-p", "--source_plans", default="nnUNetPlans", help="plans to derive from [default: nnUNetPlans]")
+    parser.add_argument("-p", "--source_plans", default="nnUNetPlans",
+                        help="plans to derive from [default: nnUNetPlans]")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing derived plans file")
     args = parser.parse_args(argv)
     target = write_derived_plans(args.d, args.preset, args.source_plans, args.overwrite)

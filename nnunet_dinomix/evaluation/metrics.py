@@ -73,7 +73,8 @@ def crop_to_union(a: np.ndarray, b: np.ndarray, margin: int = 1):
     return a[tuple(box)], b[tuple(box)]
 
 
-def case_scores(prediction: np.ndarray, reference: np.ndarray, label: int, spacing: Sequence[float]) -> Dict[str, float]:
+def case_scores(prediction: np.ndarray, reference: np.ndarray, label: int,
+                spacing: Sequence[float]) -> Dict[str, float]:
     """Dice, ASD and HD95 in mm, and ASD in voxels with the benchmark's conventions, for one class of one case."""
     p, r = crop_to_union(prediction == label, reference == label)
     scores = {"dice": dice(p, r), "asd_mm": asd(p, r, spacing), "hd95_mm": hd95(p, r, spacing)}

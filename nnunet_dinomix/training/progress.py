@@ -60,7 +60,8 @@ class SemiSupervisedLocalLogger(LocalLogger):
         ax2.legend(loc=(0.2, 1))
 
         ax = axes[1]
-        durations = [e - s for s, e in zip(log["epoch_start_timestamps"][:epochs], log["epoch_end_timestamps"][:epochs])]
+        starts, ends = log["epoch_start_timestamps"][:epochs], log["epoch_end_timestamps"][:epochs]
+        durations = [e - s for s, e in zip(starts, ends)]
         ax.plot(x, durations, color="b", ls="-", label="epoch duration", linewidth=4)
         ax.set(ylim=[0, ax.get_ylim()[1]])
         ax.set_xlabel("epoch")
