@@ -427,7 +427,8 @@ def main(argv=None) -> int:
                    help="nnUNet_n_proc_DA per run [default: 0 on cpu, cores / jobs on cuda]")
     p.add_argument("--name", default="ssl_quality_cpu")
     p.add_argument("--work", default=None, help="work folder [default: benchmarks/work/NAME]")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from the work folder's records")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from the work folder's records (those of --seeds only)")
     p.add_argument("--merge", nargs="+", default=[], metavar="WORK",
                    help="with --report-only: add these work folders' records (or records files, "
                         "benchmarks/results/records/NAME.json, which outlive the work folders, or result files, "
@@ -452,7 +453,7 @@ def main(argv=None) -> int:
         if os.path.isdir(work) or not sources:  # merging only records files needs no work folder
             sources.insert(0, work)
         aliases = dict(a.split("=", 1) for a in args.alias)
-        records = merged_records(sources, aliases)
+        records = [r for r in merged_records(sources, aliases) if r["seed"] in args.seeds]
         return write_result(args, argv, work, records, time.time())
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
@@ -624,6 +625,28 @@ def machine_accelerator(tier: Tier) -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda (not visible to this process)"
 
 
+def rebuilt_header(header: List[str], previous: str) -> List[str]:
+    """The header of a report rebuilt with --report-only: the command and wall-clock of the run that trained (read
+    from the report it replaces) stay, and the rebuilding command is added as ``- rebuilt with:``."""
+    kept = {}
+    for line in previous.splitlines():
+        for key in ("- command: ", "- total wall-clock: "):
+            if line.startswith(key) and key not in kept:
+                kept[key] = line
+    trained = kept.get("- command: ", "")
+    if not trained or "--report-only" in trained:  # nothing trained under this name: the rebuild is the command
+        return header
+    out = []
+    for line in header:
+        if line.startswith("- command: "):
+            out += [trained, "- rebuilt with: " + line[len("- command: "):]]
+        elif line.startswith("- total wall-clock: ") and "- total wall-clock: " in kept:
+            out.append(kept["- total wall-clock: "])
+        else:
+            out.append(line)
+    return out
+
+
 def write_result(args, argv, work: str, records: List[dict], start: float) -> int:
     from nnunet_dinomix.evaluation.report import tail_classes
     from nnunet_dinomix.phantom.generator import expected_class_shares
@@ -660,14 +683,17 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
               "- trainers: " + "; ".join(f"{l} = {t}" + (f" with {s}" if s else "") for l, t, s in specs),
               f"- total wall-clock: {(time.time() - start) / 60:.0f} min" if not args.report_only else
               "- total wall-clock: see the first run of this report"]
-    text = report(records, labels, tail, header, pair)
     out = os.path.join(HERE, "results", args.name + ".md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    if os.path.isfile(out):  # a rebuilt report keeps the analysis written by hand below ANALYSIS
+    previous = ""
+    if os.path.isfile(out):
         with open(out) as f:
             previous = f.read()
-        if ANALYSIS in previous:
-            text = text.rstrip("\n") + "\n\n" + previous[previous.index(ANALYSIS):]
+    if args.report_only:
+        header = rebuilt_header(header, previous)
+    text = report(records, labels, tail, header, pair)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if ANALYSIS in previous:  # a rebuilt report keeps the analysis written by hand below ANALYSIS
+        text = text.rstrip("\n") + "\n\n" + previous[previous.index(ANALYSIS):]
     with open(out, "w") as f:
         f.write(text)
     # the work folders (models, snapshots) are not kept; the records are, so a later report can --merge them
