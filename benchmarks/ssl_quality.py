@@ -453,7 +453,12 @@ def main(argv=None) -> int:
         if os.path.isdir(work) or not sources:  # merging only records files needs no work folder
             sources.insert(0, work)
         aliases = dict(a.split("=", 1) for a in args.alias)
-        records = [r for r in merged_records(sources, aliases) if r["seed"] in args.seeds]
+        records = merged_records(sources, aliases)
+        left_out = sorted({r["seed"] for r in records} - set(args.seeds))
+        if left_out:  # a rebuild reports --seeds only; say so rather than drop records silently
+            print(f"--report-only: leaving out the records of seed(s) {left_out} (not in --seeds {args.seeds})",
+                  flush=True)
+        records = [r for r in records if r["seed"] in args.seeds]
         return write_result(args, argv, work, records, time.time())
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
