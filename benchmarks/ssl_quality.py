@@ -315,9 +315,10 @@ def fmt(values: List[float], std: bool = True) -> str:
 
 
 def report(records: List[dict], labels: List[str], tail: List[str], header: List[str],
-           pair: Optional[str] = None) -> str:
+           pair: Optional[str] = None, pair_of: Optional[Dict[str, str]] = None) -> str:
     """The report's text; ``pair`` is the label the paired differences and gap shares are taken to (default: the
-    first label, the reference)."""
+    first label, the reference); ``pair_of`` maps a label to a pair of its own (a run on a second batch stream to
+    plain nnU-Net on that stream), named in its column's head."""
     from nnunet_dinomix.phantom.generator import EXPECTED_SHARE_CASES, LABELS
     classes = [c for c in LABELS if c != "background"]
     seeds = sorted({r["seed"] for r in records})
@@ -337,6 +338,12 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
     if ref not in labels:
         raise SystemExit(f"--pair-with {ref!r}: no such run in the records (labels: {', '.join(labels)})")
     others = [l for l in labels if l != ref]
+    pair_of = dict(pair_of or {})
+    unknown = sorted(v for k, v in pair_of.items() if k in labels and v not in labels)
+    if unknown:
+        raise SystemExit(f"--pair-of: no run labelled {', '.join(map(repr, unknown))} in the records")
+    pair_of = {l: pair_of.get(l, ref) for l in others}
+    heads = [l if pair_of[l] == ref else f"{l} (vs {pair_of[l]})" for l in others]
     out = header + ["", f"Rarest three classes, the same for every seed: {', '.join(tail)} (the fewest voxels in "
                     f"{EXPECTED_SHARE_CASES} phantoms of the preset, drawn apart from the seeds).", "",
                     "## Test Dice (%), mean ± std over seeds", "",
@@ -345,27 +352,29 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
         out.append(f"| {name} | " + " | ".join(fmt([metric(by[(l, s)], name) for s in seeds if (l, s) in by])
                                                for l in labels) + " |")
     out += ["", f"## Paired difference to {ref} (Dice points, mean ± std over seeds; per seed in brackets)", "",
-            "| class | " + " | ".join(others) + " |", "|---|" + "---:|" * len(others)]
+            "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(others)]
     for name in rows:
         cells = []
         for l in others:
-            d = [metric(by[(l, s)], name) - metric(by[(ref, s)], name)
-                 for s in seeds if (l, s) in by and (ref, s) in by]
+            p = pair_of[l]
+            d = [metric(by[(l, s)], name) - metric(by[(p, s)], name)
+                 for s in seeds if (l, s) in by and (p, s) in by]
             cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(l == UPPER for l in others) and len(others) > 1:  # some trainer between the two bounds
         out += ["", f"## Share of the gap between {ref} and the upper bound that each trainer closes "
                     "(seeds with a bound)", "",
-                "| metric | " + " | ".join(l for l in others if l != UPPER) + " |",
+                "| metric | " + " | ".join(h for l, h in zip(others, heads) if l != UPPER) + " |",
                 "|---|" + "---:|" * (len(others) - 1)]
         for name in ("mean (foreground)", "mean (3 rarest)"):
             cells = []
             for l in others:
                 if l == UPPER:
                     continue
-                both = [s for s in seeds if (l, s) in by and (ref, s) in by and (UPPER, s) in by]
-                gains = [metric(by[(l, s)], name) - metric(by[(ref, s)], name) for s in both]
-                gaps = [metric(by[(UPPER, s)], name) - metric(by[(ref, s)], name) for s in both]
+                p = pair_of[l]
+                both = [s for s in seeds if (l, s) in by and (p, s) in by and (UPPER, s) in by]
+                gains = [metric(by[(l, s)], name) - metric(by[(p, s)], name) for s in both]
+                gaps = [metric(by[(UPPER, s)], name) - metric(by[(p, s)], name) for s in both]
                 below = [s for s, g in zip(both, gaps) if g <= 0]  # the "bound" does not bound there
                 cells.append(f"n/a (bound not above on seed {', '.join(map(str, below))})" if below else
                              f"{np.sum(gains) / np.sum(gaps):.2f}" if both else "n/a")
@@ -419,6 +428,9 @@ def main(argv=None) -> int:
     p.add_argument("--pair-with", metavar="LABEL", default=None,
                    help=f"the run paired differences are taken to [default: '{RESUMED}' with --shared-burn-in, "
                         f"else the first trainer]")
+    p.add_argument("--pair-of", nargs="+", default=[], metavar="LABEL=PAIR",
+                   help="take LABEL's paired differences to PAIR instead (e.g. a recipe on a second batch stream "
+                        "to plain nnU-Net resumed on that stream)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: the CPU tier on nnU-Net's plans cut down by the tiny_cpu preset; cuda: the GPU tier, "
                         "runs side by side on one GPU")
@@ -443,6 +455,8 @@ def main(argv=None) -> int:
         p.error("--alias renames merged records: it needs --merge")
     if any("=" not in a for a in args.alias):
         p.error("--alias takes OLD=NEW")
+    if any("=" not in a for a in args.pair_of):
+        p.error("--pair-of takes LABEL=PAIR")
     if args.steps % args.iterations:
         p.error("--steps must be a multiple of --iterations")
     work = os.path.abspath(args.work or os.path.join(HERE, "work", args.name))
@@ -684,7 +698,8 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
               "- evaluation: nnUNetv2_predict --disable_tta on the 6 test cases, nnUNetv2_evaluate_folder",
               f"- paired to: {pair}" + (" (plain nnU-Net resumed from the same snapshot: the exact pair of resumed "
                                         "runs whose labeled loader is nnU-Net's own, see the module docstring)"
-                                        if pair != specs[0][0] else ""),
+                                        if pair != specs[0][0] else "")
+              + "".join(f"; {a.split('=', 1)[0]} to {a.split('=', 1)[1]}" for a in args.pair_of),
               "- trainers: " + "; ".join(f"{l} = {t}" + (f" with {s}" if s else "") for l, t, s in specs),
               f"- total wall-clock: {(time.time() - start) / 60:.0f} min" if not args.report_only else
               "- total wall-clock: see the first run of this report"]
@@ -695,7 +710,7 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
             previous = f.read()
     if args.report_only:
         header = rebuilt_header(header, previous)
-    text = report(records, labels, tail, header, pair)
+    text = report(records, labels, tail, header, pair, dict(a.split("=", 1) for a in args.pair_of))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if ANALYSIS in previous:  # a rebuilt report keeps the analysis written by hand below ANALYSIS
         text = text.rstrip("\n") + "\n\n" + previous[previous.index(ANALYSIS):]

@@ -67,3 +67,21 @@ def test_a_rebuilt_report_keeps_the_command_and_wall_clock_of_the_run_that_train
     # a report that was only ever rebuilt (a merge of other runs) has no training command to keep
     assert ssl_quality.rebuilt_header(header, "\n".join(header)) == header
     assert ssl_quality.rebuilt_header(header, "") == header
+
+
+def test_pair_of_takes_a_columns_differences_to_its_own_pair(tmp_path):
+    records = [_record("plain", 2, 0.0), _record("plain-s1", 2, 0.05), _record("ssl-s1", 2, 0.07),
+               _record("ssl", 2, 0.02)]
+    text = ssl_quality.report(records, ["plain", "ssl", "plain-s1", "ssl-s1"], ["gallbladder"], ["# r"],
+                              pair_of={"ssl-s1": "plain-s1"})
+    lines = text.splitlines()
+    head = lines.index("## Paired difference to plain (Dice points, mean ± std over seeds; per seed in brackets)")
+    assert lines[head + 2] == "| class | ssl | plain-s1 | ssl-s1 (vs plain-s1) |"
+    liver = lines[head + 4]
+    assert liver == "| liver | 2.0 [+2.0] | 5.0 [+5.0] | 2.0 [+2.0] |"  # ssl-s1 - plain-s1, not ssl-s1 - plain
+    # the read-back of a report is untouched by the renamed column heads
+    (tmp_path / "r.md").write_text(text)
+    back = ssl_quality.records_from_report(str(tmp_path / "r.md"))
+    assert {(r["label"], r["seed"]) for r in back} == {(r["label"], r["seed"]) for r in records}
+    with pytest.raises(SystemExit, match="no run labelled 'nope'"):
+        ssl_quality.report(records, ["plain", "ssl"], ["gallbladder"], ["# r"], pair_of={"ssl": "nope"})
