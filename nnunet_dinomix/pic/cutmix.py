@@ -119,15 +119,23 @@ def draw_boxes(batch: MixBatch, class_probs: torch.Tensor, size_range: Tuple[flo
     return boxes
 
 
-def apply_boxes(batch: MixBatch, boxes: Sequence[Box]) -> MixBatch:
-    """Paste every box from the unmixed ``batch`` (sources are read before any paste) into a mixed copy."""
+def apply_boxes(batch: MixBatch, boxes: Sequence[Box], class_only: bool = False) -> MixBatch:
+    """Paste every box from the unmixed ``batch`` (sources are read before any paste) into a mixed copy.
+
+    ``class_only``: inside each box, paste only the source's usable voxels of the box's class (ClassMix-style), so
+    that the drawn class is added without the neighbours that share its box.
+    """
     image, label = batch.image.clone(), batch.label.clone()
     ground_truth, pseudo_weight = batch.ground_truth.clone(), batch.pseudo_weight.clone()
     for box in boxes:
         where = (slice(None), *box.slices)
+        keep = None
+        if class_only:
+            keep = (batch.label[box.source][where] == box.cls) & batch.usable[box.source][where]  # (1, *box)
         for out, src in ((image, batch.image), (label, batch.label), (ground_truth, batch.ground_truth),
                          (pseudo_weight, batch.pseudo_weight)):
-            out[box.target][where] = src[box.source][where]
+            pasted = src[box.source][where]
+            out[box.target][where] = pasted if keep is None else torch.where(keep, pasted, out[box.target][where])
     return replace(batch, image=image, label=label, ground_truth=ground_truth, pseudo_weight=pseudo_weight,
                    boxes=list(batch.boxes) + list(boxes))
 

@@ -22,10 +22,13 @@ class PICSettings:
     count_momentum: float = 0.99  # EMA momentum of the class voxel counts
     seed: int = 12345
     donors: str = "any"  # any: boxes cross labeled <-> unlabeled both ways; labeled: only ground truth is pasted
+    paste: str = "box"  # box: the whole box (CutMix); class: only the drawn class's voxels inside it (ClassMix)
 
     def __post_init__(self):
         if self.donors not in ("any", "labeled"):
             raise ValueError(f"PICSettings.donors must be 'any' or 'labeled', not {self.donors!r}")
+        if self.paste not in ("box", "class"):
+            raise ValueError(f"PICSettings.paste must be 'box' or 'class', not {self.paste!r}")
 
 
 class PICMixer:
@@ -56,7 +59,8 @@ class PICMixer:
         self.counts.update(voxel_counts(batch.label, batch.usable, self.counts.num_classes + 1)[1:])
         boxes = draw_boxes(batch, self.probabilities(progress), self.settings.box_fraction, self.generator,
                            labeled_donors_only=self.settings.donors == "labeled")
-        return mirror(apply_boxes(batch, boxes), self.mirror_axes, self.generator)
+        return mirror(apply_boxes(batch, boxes, class_only=self.settings.paste == "class"), self.mirror_axes,
+                      self.generator)
 
     def state_dict(self) -> Dict[str, object]:
         return {"counts": self.counts.state_dict(), "generator": self.generator.get_state()}

@@ -176,6 +176,24 @@ def test_apply_boxes_moves_image_label_and_provenance_together():
     assert torch.equal(mixed.image[2][where], b.image[0][where]) and mixed.ground_truth[2][where].all()
 
 
+def test_class_paste_adds_only_the_drawn_class_and_keeps_the_rest_of_the_target():
+    b = _batch()
+    # sample 0 holds class 1 and, on a few voxels, class 3; the box covers both and background
+    box = Box(target=2, source=0, cls=3, slices=(slice(0, 8), slice(0, 12), slice(0, 12)))
+    mixed = apply_boxes(b, [box], class_only=True)
+    moved = (b.label[0] == 3) & b.usable[0]
+    assert moved.any() and (b.label[0] == 1).any()
+    assert torch.equal(mixed.image[2][moved.expand_as(b.image[0])], b.image[0][moved.expand_as(b.image[0])])
+    assert (mixed.label[2][moved] == 3).all() and mixed.ground_truth[2][moved].all()
+    assert torch.equal(mixed.label[2][~moved], b.label[2][~moved])  # class 1 and background stay the target's
+    assert torch.equal(mixed.pseudo_weight[2][~moved], b.pseudo_weight[2][~moved])
+    assert (mixed.label[2] == 1).sum() == (b.label[2] == 1).sum()
+    # the whole-box paste of the same box brings class 1 along
+    assert (apply_boxes(b, [box]).label[2] == 1).sum() > 0
+    with pytest.raises(ValueError, match="paste must be 'box' or 'class'"):
+        PICSettings(paste="mask")
+
+
 def test_deep_supervision_scales_agree_with_the_full_resolution_mix():
     from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
     b = _batch()
