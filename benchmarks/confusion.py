@@ -8,6 +8,8 @@ class: a left kidney called right). Run on a prediction folder of ``ssl_quality.
 
 Prints one Markdown table per prediction folder: rows are true classes, columns predicted ones, in % of the row;
 ``pred / true`` is the predicted volume of the class over its true volume (above 1: the class grows into others).
+``--false-positives K`` adds where each class's false positives lie: within K voxels of that class's true voxels
+(its boundary has moved outwards) or farther (separate fragments).
 """
 from __future__ import annotations
 
@@ -39,6 +41,38 @@ def confusion(labels_folder: str, predictions_folder: str, num_classes: int, fil
     return counts
 
 
+def false_positives(labels_folder: str, predictions_folder: str, num_classes: int, file_ending: str,
+                    near: int) -> np.ndarray:
+    """(num_classes, 3) voxel counts per class: false positives within ``near`` voxels (Euclidean, in voxels) of the
+    class's true voxels, false positives farther away, and the connected components of the prediction (summed over
+    cases)."""
+    from scipy import ndimage
+
+    from nnunet_dinomix.evaluation.report import read_image
+
+    out = np.zeros((num_classes, 3), dtype=np.int64)
+    for case in sorted(f for f in os.listdir(labels_folder) if f.endswith(file_ending)):
+        truth = read_image(os.path.join(labels_folder, case))[0]
+        predicted = read_image(os.path.join(predictions_folder, case))[0]
+        for c in range(1, num_classes):
+            wrong = (predicted == c) & (truth != c)
+            if (truth == c).any():
+                close = ndimage.distance_transform_edt(truth != c) <= near
+            else:  # the class is absent from this case: every false positive is far from it
+                close = np.zeros_like(wrong)
+            out[c] += [(wrong & close).sum(), (wrong & ~close).sum(), ndimage.label(predicted == c)[1]]
+    return out
+
+
+def false_positive_table(fp: np.ndarray, names: List[str], near: int) -> str:
+    lines = [f"| class | false positives | within {near} voxels of the class | farther | predicted components |",
+             "|---|---:|---:|---:|---:|"]
+    for c, name in enumerate(names):
+        if c:
+            lines.append(f"| {name} | {fp[c, 0] + fp[c, 1]} | {fp[c, 0]} | {fp[c, 1]} | {fp[c, 2]} |")
+    return "\n".join(lines)
+
+
 def table(counts: np.ndarray, names: List[str]) -> str:
     lines = ["| true \\ predicted | " + " | ".join(names) + " | voxels | pred / true |",
              "|---|" + "---:|" * (len(names) + 2)]
@@ -56,6 +90,9 @@ def main(argv=None) -> int:
     p.add_argument("predictions", nargs="+", help="prediction folders with the same file names")
     p.add_argument("--dataset-json", default=None,
                    help="the dataset.json with the label names [default: the one next to the labels folder]")
+    p.add_argument("--false-positives", type=int, default=None, metavar="K",
+                   help="also split each class's false positives into those within K voxels of its true voxels "
+                        "and those farther away")
     args = p.parse_args(argv)
     dataset_json = args.dataset_json or os.path.join(os.path.dirname(os.path.abspath(args.labels)), "dataset.json")
     with open(dataset_json) as f:
@@ -65,6 +102,10 @@ def main(argv=None) -> int:
     for folder in args.predictions:
         counts = confusion(args.labels, folder, len(names), dataset.get("file_ending", ".nii.gz"))
         print(f"{folder}\n\n{table(counts, names)}\n")
+        if args.false_positives is not None:
+            fp = false_positives(args.labels, folder, len(names), dataset.get("file_ending", ".nii.gz"),
+                                 args.false_positives)
+            print(f"{false_positive_table(fp, names, args.false_positives)}\n")
     return 0
 
 
