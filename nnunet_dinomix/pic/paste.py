@@ -18,6 +18,8 @@ spatial transform, so that the pasted box is rotated, scaled, mirrored and noise
   crops a larger patch for rotations and the spatial transform keeps the centre), so the pasted class survives the
   crop. Position in the body is not preserved [ours, as CutMix]; the sample's own position in its volume is not
   known to a transform.
+* ``class_only``: inside the box, only the donor's voxels of the drawn class are pasted (ClassMix-style, as
+  ``PICSettings(paste="class")`` in the trainer's mixer); the sample keeps its own image and label around them.
 
 No nnU-Net import: the donors are any object with ``identifiers`` and nnU-Net's dataset ``load_case``.
 """
@@ -66,16 +68,17 @@ class LabeledPICTransform(BasicTransform):
     ``donors``: nnU-Net's training dataset (``identifiers``, ``load_case``); ``patch_size``: nnU-Net's final patch
     (spatial, as the samples arrive: 2D configurations of 3D data get 2D samples); ``gamma``: the curriculum
     exponent (1: classes drawn inversely to their voxel counts); ``box_fraction``: the box side as a random
-    fraction of the patch.
+    fraction of the patch; ``class_only``: paste only the drawn class's voxels of the box.
     """
 
     def __init__(self, donors, patch_size: Sequence[int], gamma: float = 1.0,
-                 box_fraction: Tuple[float, float] = (0.25, 0.5), p: float = 0.5):
+                 box_fraction: Tuple[float, float] = (0.25, 0.5), p: float = 0.5, class_only: bool = False):
         super().__init__()
         self.donors = donors
         self.identifiers = list(donors.identifiers)
         self.patch_size = tuple(int(s) for s in patch_size)
         self.gamma, self.box_fraction, self.p = float(gamma), tuple(box_fraction), float(p)
+        self.class_only = bool(class_only)
         properties = [donors.load_case(i)[3] for i in self.identifiers]
         counts, self.holders = class_location_counts(properties)
         self.classes = sorted(counts)
@@ -112,8 +115,14 @@ class LabeledPICTransform(BasicTransform):
         source = (slice(None), *box["source"])
         target = (slice(None), *box["target"])
         image, segmentation = data_dict["image"], data_dict["segmentation"]
-        image[target] = torch.from_numpy(np.asarray(data[source]).reshape(-1, *box["side"])).to(image.dtype)
+        donor_image = torch.from_numpy(np.asarray(data[source]).reshape(-1, *box["side"])).to(image.dtype)
         # the donor's label, into the sample's first channel (a cascade's previous-stage channel is not supported)
-        segmentation[(slice(0, 1), *box["target"])] = torch.from_numpy(
-            np.asarray(seg[source]).reshape(-1, *box["side"])).to(segmentation.dtype)
+        donor_label = torch.from_numpy(np.asarray(seg[source]).reshape(-1, *box["side"])).to(segmentation.dtype)
+        label_target = (slice(0, 1), *box["target"])
+        if self.class_only:
+            keep = donor_label == box["cls"]  # (1, *side): broadcast over the image channels
+            donor_image = torch.where(keep, donor_image, image[target])
+            donor_label = torch.where(keep, donor_label, segmentation[label_target])
+        image[target] = donor_image
+        segmentation[label_target] = donor_label
         return data_dict

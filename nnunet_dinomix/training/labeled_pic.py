@@ -24,6 +24,7 @@ class nnUNetTrainerLabeledPIC(nnUNetTrainer):
         self.labeled_pic_gamma = 1.0  # pi_c ∝ n_c^-gamma, constant in the loader (see pic/paste.py)
         self.labeled_pic_probability = 0.5  # share of training samples that receive a box
         self.labeled_pic_box_fraction: Tuple[float, float] = (0.25, 0.5)  # box side / patch side
+        self.labeled_pic_paste = "box"  # box: the whole box (CutMix); class: the drawn class's voxels (ClassMix)
 
     def get_training_transforms(self, patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA,
                                 deep_supervision_scales: Union[List, Tuple, None], mirror_axes: Tuple[int, ...],
@@ -39,11 +40,15 @@ class nnUNetTrainerLabeledPIC(nnUNetTrainer):
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
             regions=regions, ignore_label=ignore_label)
+        if self.labeled_pic_paste not in ("box", "class"):
+            raise DinoMixError(f"{self.__class__.__name__}.labeled_pic_paste must be 'box' or 'class', not "
+                               f"{self.labeled_pic_paste!r}")
         donors, _ = self.get_tr_and_val_datasets()  # this fold's training cases only, never validation cases
         paste = LabeledPICTransform(donors, patch_size, self.labeled_pic_gamma, self.labeled_pic_box_fraction,
-                                    self.labeled_pic_probability)
+                                    self.labeled_pic_probability, class_only=self.labeled_pic_paste == "class")
         pipeline.transforms.insert(0, paste)
         self.print_to_log_file(
-            f"Labeled PIC: p {paste.p}, gamma {paste.gamma}, box {paste.box_fraction} of the patch; classes "
+            f"Labeled PIC: p {paste.p}, gamma {paste.gamma}, box {paste.box_fraction} of the patch, paste "
+            f"{self.labeled_pic_paste}; classes "
             + ", ".join(f"{c}: {p:.2f}" for c, p in zip(paste.classes, paste.probabilities)))
         return pipeline

@@ -1,8 +1,10 @@
 """nnUNetTrainerLabeledPIC in-process on the tiny phantom: nnU-Net's loader runs the labeled PIC transform first,
 with this fold's training cases as donors, and the trainer trains like nnU-Net without an unlabeled pool."""
+import pytest
 import torch
 
 from support import DATASET_ID, TINY_PLANS, parameters_of, started_trainer
+from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.pic.paste import LabeledPICTransform
 
 
@@ -25,6 +27,14 @@ def test_loader_pastes_from_training_cases_only(phantom_dataset):
     assert not set(paste.identifiers) & set(validation.identifiers)
     assert paste.probabilities.argmax() == paste.classes.index(min(paste.classes, key=lambda c: sum(
         len(training.load_case(i)[3]["class_locations"].get(c, [])) for i in training.identifiers)))
+    assert not paste.class_only
+    args = (t.configuration_manager.patch_size, *t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[:1],
+            t._get_deep_supervision_scales(), None, False)
+    t.labeled_pic_paste = "class"  # the trainer attribute reaches the loader's transform
+    assert t.get_training_transforms(*args).transforms[0].class_only
+    t.labeled_pic_paste = "mask"
+    with pytest.raises(DinoMixError, match="labeled_pic_paste must be 'box' or 'class'"):
+        t.get_training_transforms(*args)
 
 
 def test_a_training_step_runs_through_the_real_loader(phantom_dataset):

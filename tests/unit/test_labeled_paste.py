@@ -63,6 +63,29 @@ def test_the_donor_box_is_pasted_with_its_label_inside_the_central_window():
             assert (n - w) // 2 <= s.start and s.stop <= (n - w) // 2 + w
 
 
+def test_class_only_paste_moves_the_drawn_class_and_keeps_the_sample_around_it():
+    np.random.seed(4)
+    donors = ArrayCases({"a": _case(0)})
+    t = LabeledPICTransform(donors, patch_size=(8, 32, 32), gamma=1.0, p=1.0, class_only=True)
+    for _ in range(10):
+        sample = _sample()
+        sample["image"] += 7.0  # the sample's own content, to tell kept voxels from pasted ones
+        sample["segmentation"] += 3  # a label no donor holds
+        params = t.get_parameters(**sample)
+        box = params["box"]
+        out = t.apply(sample, **params)
+        data, seg, _, _ = donors.load_case(box["donor"])
+        source = (slice(None), *box["source"])
+        moved = torch.from_numpy(seg[source] == box["cls"])
+        assert moved.any() and not moved.all()  # the box holds the drawn class and other voxels
+        image = out["image"][(slice(None), *box["target"])]
+        label = out["segmentation"][(slice(None), *box["target"])]
+        assert torch.equal(image[moved], torch.from_numpy(data[source])[moved])
+        assert (label[moved] == box["cls"]).all()
+        assert (image[~moved] == 7.0).all() and (label[~moved] == 3).all()  # the rest of the box is the sample's
+        assert int(out["segmentation"].ne(3).sum()) == int(moved.sum())  # nothing else changed
+
+
 def test_gamma_zero_draws_classes_uniformly_and_p_zero_never_pastes():
     np.random.seed(1)
     donors = ArrayCases({"a": _case(0)})
