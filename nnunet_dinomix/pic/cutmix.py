@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 
 
+PASTE_MODES = ("box", "class")  # the whole box (CutMix), or only the drawn class's voxels in it (ClassMix-style)
+
+
 @dataclass(frozen=True)
 class Box:
     target: int

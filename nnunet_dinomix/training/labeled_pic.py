@@ -14,6 +14,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.pic.cutmix import PASTE_MODES
 from nnunet_dinomix.pic.paste import LabeledPICTransform
 
 
@@ -36,13 +37,13 @@ class nnUNetTrainerLabeledPIC(nnUNetTrainer):
         if is_cascaded:
             raise DinoMixError(f"{self.__class__.__name__} does not support cascade configurations (the donor's "
                                f"previous-stage segmentation is not pasted). Use 3d_fullres, 3d_lowres or 2d.")
+        if self.labeled_pic_paste not in PASTE_MODES:
+            raise DinoMixError(f"{self.__class__.__name__}.labeled_pic_paste must be 'box' or 'class', not "
+                               f"{self.labeled_pic_paste!r}")
         pipeline = nnUNetTrainer.get_training_transforms(
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
             regions=regions, ignore_label=ignore_label)
-        if self.labeled_pic_paste not in ("box", "class"):
-            raise DinoMixError(f"{self.__class__.__name__}.labeled_pic_paste must be 'box' or 'class', not "
-                               f"{self.labeled_pic_paste!r}")
         donors, _ = self.get_tr_and_val_datasets()  # this fold's training cases only, never validation cases
         paste = LabeledPICTransform(donors, patch_size, self.labeled_pic_gamma, self.labeled_pic_box_fraction,
                                     self.labeled_pic_probability, class_only=self.labeled_pic_paste == "class")

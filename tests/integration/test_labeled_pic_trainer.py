@@ -18,9 +18,9 @@ def test_loader_pastes_from_training_cases_only(phantom_dataset):
     training, validation = t.get_tr_and_val_datasets()
     assert set(validation.identifiers) == {cases[-1]}
     np.random.seed(0)
-    pipeline = t.get_training_transforms(
-        t.configuration_manager.patch_size, *t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[:1],
-        t._get_deep_supervision_scales(), None, False, foreground_labels=t.label_manager.foreground_labels)
+    args = (t.configuration_manager.patch_size, *t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[:1],
+            t._get_deep_supervision_scales(), None, False)
+    pipeline = t.get_training_transforms(*args, foreground_labels=t.label_manager.foreground_labels)
     paste = pipeline.transforms[0]
     assert isinstance(paste, LabeledPICTransform)
     assert set(paste.identifiers) == set(training.identifiers)
@@ -28,8 +28,6 @@ def test_loader_pastes_from_training_cases_only(phantom_dataset):
     assert paste.probabilities.argmax() == paste.classes.index(min(paste.classes, key=lambda c: sum(
         len(training.load_case(i)[3]["class_locations"].get(c, [])) for i in training.identifiers)))
     assert not paste.class_only
-    args = (t.configuration_manager.patch_size, *t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[:1],
-            t._get_deep_supervision_scales(), None, False)
     t.labeled_pic_paste = "class"  # the trainer attribute reaches the loader's transform
     assert t.get_training_transforms(*args).transforms[0].class_only
     t.labeled_pic_paste = "mask"
