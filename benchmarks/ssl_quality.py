@@ -407,7 +407,10 @@ def main(argv=None) -> int:
     p.add_argument("--upper-bound", action="store_true", help="add nnUNetTrainer on all training cases' labels")
     p.add_argument("--first-seed-only", nargs="*", default=[], metavar="LABEL",
                    help=f"trainers run on the first seed only (diagnostic recipes; '{UPPER}' for the bound)")
-    p.add_argument("--jobs", type=int, default=2, help="runs side by side (cores are shared among them)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs side by side; each gets cores // jobs torch threads, so when several harnesses run at "
+                        "once, give each the total number of runs (two harnesses of one run each on 2 cores with "
+                        "--jobs 1 oversubscribe the cores and train at half speed)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     p.add_argument("--phantom", default="default", choices=sorted(PRESETS),
                    help="phantom preset (nnunet_dinomix.phantom.generator.PRESETS) [default: default]")
