@@ -9,7 +9,10 @@ class: a left kidney called right). Run on a prediction folder of ``ssl_quality.
 Prints one Markdown table per prediction folder: rows are true classes, columns predicted ones, in % of the row;
 ``pred / true`` is the predicted volume of the class over its true volume (above 1: the class grows into others).
 ``--false-positives K`` adds where each class's false positives lie: within K voxels of that class's true voxels
-(its boundary has moved outwards) or farther (separate fragments).
+(its boundary has moved outwards) or farther (separate fragments). ``--largest-component`` adds each class's test
+Dice before and after keeping only its largest connected component (nnU-Net's
+``remove_all_but_largest_component_from_segmentation``, the step ``nnUNetv2_determine_postprocessing`` may choose
+per class): a loss that disappears with it is stray fragments, which nnU-Net's postprocessing could take back.
 """
 from __future__ import annotations
 
@@ -73,6 +76,46 @@ def false_positive_table(fp: np.ndarray, names: List[str], near: int) -> str:
     return "\n".join(lines)
 
 
+def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice of two masks; NaN when both are empty (nnU-Net's evaluation leaves such a case out of the mean)."""
+    denominator = int(truth.sum()) + int(predicted.sum())
+    return float("nan") if denominator == 0 else 2.0 * int(np.logical_and(truth, predicted).sum()) / denominator
+
+
+def largest_component_dice(labels_folder: str, predictions_folder: str, num_classes: int,
+                           file_ending: str) -> np.ndarray:
+    """(num_classes, 2): per foreground class, the mean over cases of the test Dice as predicted and after keeping
+    only the class's largest connected component (row 0, background, stays NaN)."""
+    from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
+
+    from nnunet_dinomix.evaluation.report import read_image
+
+    scores = [[[], []] for _ in range(num_classes)]
+    for case in sorted(f for f in os.listdir(labels_folder) if f.endswith(file_ending)):
+        truth = read_image(os.path.join(labels_folder, case))[0]
+        predicted = read_image(os.path.join(predictions_folder, case))[0]
+        for c in range(1, num_classes):
+            kept = remove_all_but_largest_component_from_segmentation(predicted, c)
+            scores[c][0].append(dice(truth == c, predicted == c))
+            scores[c][1].append(dice(truth == c, kept == c))
+    out = np.full((num_classes, 2), np.nan)
+    for c in range(1, num_classes):
+        for j in range(2):
+            if not all(np.isnan(scores[c][j])):
+                out[c, j] = np.nanmean(scores[c][j])
+    return out
+
+
+def largest_component_table(scores: np.ndarray, names: List[str]) -> str:
+    lines = ["| class | Dice (%) | largest component only |", "|---|---:|---:|"]
+    for c, name in enumerate(names):
+        if c:
+            lines.append(f"| {name} | {100 * scores[c, 0]:.1f} | {100 * scores[c, 1]:.1f} |")
+    mean = np.nanmean(scores[1:], axis=0) * 100
+    lines.append(f"| mean (foreground) | {mean[0]:.1f} | {mean[1]:.1f} |")
+    return "\n".join(lines)
+
+
 def table(counts: np.ndarray, names: List[str]) -> str:
     lines = ["| true \\ predicted | " + " | ".join(names) + " | voxels | pred / true |",
              "|---|" + "---:|" * (len(names) + 2)]
@@ -93,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--false-positives", type=int, default=None, metavar="K",
                    help="also split each class's false positives into those within K voxels of its true voxels "
                         "and those farther away")
+    p.add_argument("--largest-component", action="store_true",
+                   help="also print each class's test Dice before and after keeping its largest component")
     args = p.parse_args(argv)
     dataset_json = args.dataset_json or os.path.join(os.path.dirname(os.path.abspath(args.labels)), "dataset.json")
     with open(dataset_json) as f:
@@ -106,6 +151,9 @@ def main(argv=None) -> int:
             fp = false_positives(args.labels, folder, len(names), dataset.get("file_ending", ".nii.gz"),
                                  args.false_positives)
             print(f"{false_positive_table(fp, names, args.false_positives)}\n")
+        if args.largest_component:
+            scores = largest_component_dice(args.labels, folder, len(names), dataset.get("file_ending", ".nii.gz"))
+            print(f"{largest_component_table(scores, names)}\n")
     return 0
 
 
