@@ -76,18 +76,14 @@ def false_positive_table(fp: np.ndarray, names: List[str], near: int) -> str:
     return "\n".join(lines)
 
 
-def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Dice of two masks; NaN when both are empty (nnU-Net's evaluation leaves such a case out of the mean)."""
-    denominator = int(truth.sum()) + int(predicted.sum())
-    return float("nan") if denominator == 0 else 2.0 * int(np.logical_and(truth, predicted).sum()) / denominator
-
-
 def largest_component_dice(labels_folder: str, predictions_folder: str, num_classes: int,
                            file_ending: str) -> np.ndarray:
     """(num_classes, 2): per foreground class, the mean over cases of the test Dice as predicted and after keeping
-    only the class's largest connected component (row 0, background, stays NaN)."""
+    only the class's largest connected component (row 0, background, stays NaN). A case where the class is absent
+    from both reference and prediction is left out of its mean, as nnU-Net's evaluation does."""
     from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
 
+    from nnunet_dinomix.evaluation.metrics import dice
     from nnunet_dinomix.evaluation.report import read_image
 
     scores = [[[], []] for _ in range(num_classes)]
@@ -96,8 +92,8 @@ def largest_component_dice(labels_folder: str, predictions_folder: str, num_clas
         predicted = read_image(os.path.join(predictions_folder, case))[0]
         for c in range(1, num_classes):
             kept = remove_all_but_largest_component_from_segmentation(predicted, c)
-            scores[c][0].append(dice(truth == c, predicted == c))
-            scores[c][1].append(dice(truth == c, kept == c))
+            scores[c][0].append(dice(predicted == c, truth == c))
+            scores[c][1].append(dice(kept == c, truth == c))
     out = np.full((num_classes, 2), np.nan)
     for c in range(1, num_classes):
         for j in range(2):
