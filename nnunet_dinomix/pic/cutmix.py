@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 
 PASTE_MODES = ("box", "class")  # the whole box (CutMix), or only the drawn class's voxels in it (ClassMix-style)
+PASTE_MODE_CHOICES = " or ".join(repr(m) for m in PASTE_MODES)  # for error messages: 'box' or 'class'
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from nnunet_dinomix.pic.curriculum import ClassCounts, class_probabilities, gamma_at, voxel_counts
-from nnunet_dinomix.pic.cutmix import PASTE_MODES, MixBatch, apply_boxes, draw_boxes, mirror
+from nnunet_dinomix.pic.cutmix import PASTE_MODE_CHOICES, PASTE_MODES, MixBatch, apply_boxes, draw_boxes, mirror
 
 
 @dataclass
@@ -28,7 +28,7 @@ class PICSettings:
         if self.donors not in ("any", "labeled"):
             raise ValueError(f"PICSettings.donors must be 'any' or 'labeled', not {self.donors!r}")
         if self.paste not in PASTE_MODES:
-            raise ValueError(f"PICSettings.paste must be 'box' or 'class', not {self.paste!r}")
+            raise ValueError(f"PICSettings.paste must be {PASTE_MODE_CHOICES}, not {self.paste!r}")
 
 
 class PICMixer:

@@ -14,7 +14,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_dinomix.errors import DinoMixError
-from nnunet_dinomix.pic.cutmix import PASTE_MODES
+from nnunet_dinomix.pic.cutmix import PASTE_MODE_CHOICES, PASTE_MODES
 from nnunet_dinomix.pic.paste import LabeledPICTransform
 
 
@@ -38,7 +38,7 @@ class nnUNetTrainerLabeledPIC(nnUNetTrainer):
             raise DinoMixError(f"{self.__class__.__name__} does not support cascade configurations (the donor's "
                                f"previous-stage segmentation is not pasted). Use 3d_fullres, 3d_lowres or 2d.")
         if self.labeled_pic_paste not in PASTE_MODES:
-            raise DinoMixError(f"{self.__class__.__name__}.labeled_pic_paste must be 'box' or 'class', not "
+            raise DinoMixError(f"{self.__class__.__name__}.labeled_pic_paste must be {PASTE_MODE_CHOICES}, not "
                                f"{self.labeled_pic_paste!r}")
         pipeline = nnUNetTrainer.get_training_transforms(
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
