@@ -23,8 +23,13 @@ class PICSettings:
     seed: int = 12345
     donors: str = "any"  # any: boxes cross labeled <-> unlabeled both ways; labeled: only ground truth is pasted
     paste: str = "box"  # box: the whole box (CutMix); class: only the drawn class's voxels inside it (ClassMix)
+    # training progress (0..1) from which no box is pasted (the batch is still mirrored), so that the last steps
+    # see only whole anatomy, as YOLOX turns its Mosaic and MixUp off for the last epochs; 1: paste to the end
+    paste_until: float = 1.0
 
     def __post_init__(self):
+        if not 0.0 <= self.paste_until <= 1.0:
+            raise ValueError(f"PICSettings.paste_until is a share of training in [0, 1], not {self.paste_until!r}")
         if self.donors not in ("any", "labeled"):
             raise ValueError(f"PICSettings.donors must be 'any' or 'labeled', not {self.donors!r}")
         if self.paste not in PASTE_MODES:
@@ -57,6 +62,8 @@ class PICMixer:
 
     def __call__(self, batch: MixBatch, progress: float) -> MixBatch:
         self.counts.update(voxel_counts(batch.label, batch.usable, self.counts.num_classes + 1)[1:])
+        if progress >= self.settings.paste_until:
+            return mirror(batch, self.mirror_axes, self.generator)
         boxes = draw_boxes(batch, self.probabilities(progress), self.settings.box_fraction, self.generator,
                            labeled_donors_only=self.settings.donors == "labeled")
         return mirror(apply_boxes(batch, boxes, class_only=self.settings.paste == "class"), self.mirror_axes,

@@ -11,6 +11,9 @@ Two small stateful objects, both with a ``state_dict`` so that ``--c`` resumes t
   does not yet segment on labeled data gives no pseudo-labels, and neither does background where such a class is
   the teacher's runner-up. A confident confusion (one kidney called the other) passes every confidence rule; it
   does not pass a Dice measured against ground truth [ours].
+  With ``largest_component``, a voxel the teacher gives a foreground class outside that class's largest connected
+  component in its sample is not trusted either (:func:`largest_component_mask`): BCP keeps only the largest
+  component of its teacher's prediction; here the fragments are left out of the loss rather than called background.
 * :class:`ClassBalance` turns a running pseudo-label histogram into class weights (DHC's DistDW,
   ``w_c = log(n_max / n_c)`` normalised to a maximum of ``K``), so that the majority class (background) ends near 0
   and a wrong background pseudo-label on a rare organ costs little.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import Dict, NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 
 from nnunet_dinomix.pic.curriculum import ClassCounts, voxel_counts
@@ -37,12 +41,13 @@ class PseudoLabels(NamedTuple):
 
 class PseudoLabeller:
     def __init__(self, num_classes: int, rule: Optional[str] = "global", threshold: float = 0.9,
-                 quantile: float = 0.5, momentum: float = 0.99):
+                 quantile: float = 0.5, momentum: float = 0.99, largest_component: bool = False):
         if rule not in CONFIDENCE_RULES:
             raise ValueError(f"unknown confidence rule {rule!r}; choose one of {CONFIDENCE_RULES}")
         if not 0.0 <= threshold <= 1.0 or not 0.0 <= quantile <= 1.0:
             raise ValueError(f"threshold and quantile must lie in [0, 1], got {threshold} and {quantile}")
         self.num_classes, self.rule, self.threshold, self.quantile = num_classes, rule, threshold, quantile
+        self.largest_component = largest_component
         # running per-class confidence quantile; starts at the global threshold
         self.momentum = momentum
         self.class_thresholds = torch.full((num_classes,), float(threshold), dtype=torch.float64)
@@ -63,6 +68,8 @@ class PseudoLabeller:
             mask = (confidence >= per_voxel).float()
         if self.reliable is not None:
             mask = mask * gate_mask(probs, labels, self.reliable.to(labels.device))
+        if self.largest_component:
+            mask = mask * largest_component_mask(labels).to(mask.device, mask.dtype)
         return PseudoLabels(labels, confidence, mask)
 
     def _update_class_thresholds(self, confidence: torch.Tensor, labels: torch.Tensor) -> None:
@@ -93,6 +100,24 @@ def gate_mask(probs: torch.Tensor, labels: torch.Tensor, reliable: torch.Tensor)
         runner_up = probs.topk(2, dim=1).indices[:, 1:2]
         keep = keep & ~((labels == 0) & ~reliable[runner_up])
     return keep.to(probs.dtype)
+
+
+def largest_component_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, 1, *spatial) bool: False where a voxel's foreground class lies outside that class's largest connected
+    component (full connectivity, diagonal neighbours included, as in nnU-Net's postprocessing) in the voxel's
+    sample; True elsewhere, background included. Computed on the CPU with acvl_utils (an nnU-Net dependency)."""
+    from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
+
+    cpu = labels.detach().cpu().numpy()
+    keep = np.ones(cpu.shape, dtype=bool)
+    for b in range(cpu.shape[0]):
+        sample = cpu[b, 0]
+        for c in np.unique(sample):
+            if c == 0:
+                continue
+            members = sample == c
+            keep[b, 0][members & ~remove_all_but_largest_component(members)] = False
+    return torch.from_numpy(keep)
 
 
 def class_reliability(history: Sequence[Sequence[float]], momentum: float = 0.5) -> torch.Tensor:

@@ -74,6 +74,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         self.confidence_rule: Optional[str] = "class_adaptive"  # None | global | class_adaptive
         self.confidence_threshold = 0.9  # global threshold, and the cap of the class-adaptive ones
         self.confidence_quantile = 0.5  # class_adaptive: trust the most confident half of each class
+        # True: a pseudo-label outside its class's largest connected component (per sample) is not trusted
+        self.pseudo_label_largest_component = False
         # class gate: a class gives pseudo-labels only once the model's Dice for it on labeled data (nnU-Net's
         # online validation, averaged over epochs with class_gate_momentum) reaches class_gate_dice; None: no gate.
         # Without it a teacher reset at burn-in's end confidently calls unlearned organs by a learned one's name
@@ -257,7 +259,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         super().initialize()
         num_classes = self.label_manager.num_segmentation_heads
         self.pseudo_labeller = PseudoLabeller(num_classes, self.confidence_rule, self.confidence_threshold,
-                                              self.confidence_quantile)
+                                              self.confidence_quantile,
+                                              largest_component=self.pseudo_label_largest_component)
         self.class_balance = ClassBalance(num_classes) if self.unsup_class_weighting == "distdw" else None
         if self.unsup_class_weighting not in (None, "distdw"):
             raise DinoMixError(f"unknown unsup_class_weighting {self.unsup_class_weighting!r}; use None or 'distdw'")
@@ -324,9 +327,15 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             f"Recipe: burn-in {self.burn_in_length()} of {self.total_steps} iterations; unlabeled loss "
             f"{self.unsup_loss} x {self.unsup_weight_max} (ramp {self.unsup_rampup_fraction} of the rest), class "
             f"weighting {self.unsup_class_weighting}, confidence rule {self.confidence_rule} "
-            f"({self.confidence_threshold}), class gate {self.class_gate_dice}, marginal background "
-            f"{self.unsup_marginal_background}; student view {self.student_view_name()}; mixer "
-            f"{type(self.mixer).__name__ if self.mixer else None}")
+            f"({self.confidence_threshold}), class gate {self.class_gate_dice}, largest component only "
+            f"{self.pseudo_label_largest_component}, marginal background {self.unsup_marginal_background}; student "
+            f"view {self.student_view_name()}; mixer {self.mixer_description()}")
+
+    def mixer_description(self) -> str:
+        if self.mixer is None:
+            return "None"
+        settings = getattr(self.mixer, "settings", None)
+        return type(self.mixer).__name__ + (f" with {settings}" if settings is not None else "")
 
     # ------------------------------------------------------------------ logging and pseudo-label diagnostics
     def log_keys(self) -> Tuple[str, ...]:

@@ -231,3 +231,17 @@ def test_mirror_after_mix_flips_image_label_and_provenance_together():
     assert torch.equal(b.image, apply_boxes(_batch(), list(b.boxes)).image)  # the input is left alone
     # the pasted pseudo-labelled box stays with its voxels: label 2 only where provenance says pseudo
     assert not (out.label.eq(2) & out.ground_truth).any()
+
+
+def test_mixer_stops_pasting_at_paste_until_and_only_mirrors_after():
+    from nnunet_dinomix.pic.mixer import PICMixer
+    mixer = PICMixer(3, PICSettings(paste_until=0.75))
+    before = mixer(_batch(), progress=0.5)
+    assert len(before.boxes) == 4  # one per sample while pasting
+    plain = _batch()
+    after = mixer(plain, progress=0.75)
+    assert after.boxes == [] and torch.equal(after.image, plain.image)  # no axes: nothing mirrored either
+    mirrored = PICMixer(3, PICSettings(paste_until=0.0), mirror_axes=(0, 1, 2))(plain, progress=0.0)
+    assert mirrored.boxes == [] and sorted(mirrored.label.flatten().tolist()) == sorted(plain.label.flatten().tolist())
+    with pytest.raises(ValueError, match="paste_until"):
+        PICSettings(paste_until=1.5)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from nnunet_dinomix.ssl.losses import masked_cross_entropy, unlabeled_loss
-from nnunet_dinomix.ssl.pseudo import (ClassBalance, PseudoLabeller, class_reliability, pseudo_label_quality,
-                                       reliable_classes)
+from nnunet_dinomix.ssl.pseudo import (ClassBalance, PseudoLabeller, class_reliability, largest_component_mask,
+                                       pseudo_label_quality, reliable_classes)
 
 
 def _logits(confidences, labels, num_classes=3):
@@ -68,6 +68,31 @@ def test_class_gate_drops_unreliable_classes_and_background_next_to_them():
     assert gated[1:] == [1.0, 0.0, 0.0, 1.0]
     labeller.reliable = torch.tensor([True, True, True])
     assert labeller(logits).mask.flatten().tolist() == ungated
+
+
+def test_largest_component_filter_untrusts_fragments_per_class_and_sample():
+    """Sample 0: class 1 as a 3x3x3 block and a one-voxel fragment, class 2 as one voxel (its only component);
+    sample 1: class 1's fragment alone (its own largest). Only sample 0's class-1 fragment loses its trust."""
+    labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    labels[0, 0, 1:4, 1:4, 1:4] = 1
+    labels[0, 0, 6, 6, 6] = 1
+    labels[0, 0, 6, 1, 6] = 2
+    labels[1, 0, 6, 6, 6] = 1
+    keep = largest_component_mask(labels)
+    assert keep.shape == labels.shape and keep.dtype == torch.bool
+    assert not keep[0, 0, 6, 6, 6]
+    assert int((~keep).sum()) == 1
+    # a diagonal neighbour is connected (full connectivity, as in nnU-Net's postprocessing)
+    labels[0, 0, 4, 4, 4] = 1
+    assert largest_component_mask(labels)[0, 0, 4, 4, 4]
+    labels[0, 0, 4, 4, 4] = 0
+
+    logits = torch.zeros(2, 3, 8, 8, 8).scatter_(1, labels, 10.0)
+    plain = PseudoLabeller(3, None)(logits)
+    filtered = PseudoLabeller(3, None, largest_component=True)(logits)
+    assert plain.mask.sum() == labels.numel()
+    assert torch.equal(filtered.mask.bool(), largest_component_mask(labels))
+    assert torch.equal(filtered.labels, plain.labels)
 
 
 def test_class_reliability_averages_over_epochs_and_skips_nan():
