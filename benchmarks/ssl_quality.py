@@ -1,8 +1,8 @@
 """Held-out quality of semi-supervised trainers against plain nnU-Net, over several phantom seeds, paired.
 
 For every seed: a fresh phantom draw (its own labeled, unlabeled and test cases, with the unlabeled cases' true
-labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the tier's plans (the tiny CPU plans, or
-with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every trainer is trained with the same labeled
+labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the tier's plans (the tiny CPU plans,
+another plans preset's with ``--preset``, or with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every trainer is trained with the same labeled
 cases for the same number of optimizer steps (burn-in counted), predicts the held-out test cases with
 ``nnUNetv2_predict --disable_tta`` and is scored with ``nnUNetv2_evaluate_folder``. ``--upper-bound`` adds plain
 nnU-Net trained on every training case with its true label (the labeled and the unlabeled ones), the bound
@@ -65,15 +65,13 @@ TRAIN_LAUNCHER = ("import multiprocessing, sys; multiprocessing.cpu_count = lamb
 
 @dataclass(frozen=True)
 class Tier:
-    """Where the runs train: the CPU tier (nnU-Net's plans cut down by the tiny_cpu preset, no loader workers) or
-    the GPU tier (nnU-Net's own plans, or any plans name given, and nnU-Net's loader workers)."""
+    """Where the runs train: the CPU tier (nnU-Net's plans cut down by a plans preset, tiny_cpu unless --preset
+    names another, no loader workers) or the GPU tier (nnU-Net's own plans, or any plans name given, and nnU-Net's
+    loader workers)."""
     device: str = "cpu"
     plans: str = demo.PLANS
     data_workers: int = 0
-
-    @property
-    def tiny(self) -> bool:
-        return self.plans == demo.PLANS
+    preset: Optional[str] = "tiny_cpu"  # the dinomix_plans_preset that derives `plans`; None: plans used as planned
 
 
 @dataclass
@@ -146,9 +144,9 @@ def plan(work: str, env: Dict[str, str], dataset: int, tier: Tier) -> None:
     plan_env = dict(env, nnUNet_n_proc_DA="2")  # nnU-Net 2.8.1's planner fails with 0
     run_command([exe("nnUNetv2_plan_and_preprocess"), "-d", str(dataset), "-c", demo.CONFIGURATION, "-np", "2"],
                 plan_env, os.path.join(work, f"plan_{dataset}.log"))
-    if not tier.tiny:
+    if tier.preset is None:
         return
-    run_command([exe("dinomix_plans_preset"), "-d", str(dataset), "--preset", "tiny_cpu"], env,
+    run_command([exe("dinomix_plans_preset"), "-d", str(dataset), "--preset", tier.preset], env,
                 os.path.join(work, f"preset_{dataset}.log"))
 
 
@@ -437,6 +435,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: the CPU tier on nnU-Net's plans cut down by the tiny_cpu preset; cuda: the GPU tier, "
                         "runs side by side on one GPU")
+    p.add_argument("--preset", default=None, metavar="NAME_OR_JSON",
+                   help="plans preset (dinomix_plans_preset) that derives the runs' plans from nnU-Net's; its "
+                        "plans_name is the plans trained [default: tiny_cpu on cpu, none on cuda]")
     p.add_argument("--plans", default=None, help=f"plans name [default: {demo.PLANS} on cpu, nnUNetPlans on cuda]")
     p.add_argument("--data-workers", type=int, default=None,
                    help="nnUNet_n_proc_DA per run [default: 0 on cpu, cores / jobs on cuda]")
@@ -460,6 +461,8 @@ def main(argv=None) -> int:
         p.error("--alias takes OLD=NEW")
     if any("=" not in a for a in args.pair_of):
         p.error("--pair-of takes LABEL=PAIR")
+    if args.preset and args.plans:
+        p.error("--preset names the plans it derives (its plans_name): give --preset or --plans, not both")
     if args.steps % args.iterations:
         p.error("--steps must be a multiple of --iterations")
     work = os.path.abspath(args.work or os.path.join(HERE, "work", args.name))
@@ -629,7 +632,12 @@ def tier_of(args) -> Tier:
     cuda = args.device == "cuda"
     workers = args.data_workers if args.data_workers is not None else (
         max(1, (os.cpu_count() or 1) // args.jobs) if cuda else 0)
-    return Tier(args.device, args.plans or ("nnUNetPlans" if cuda else demo.PLANS), workers)
+    if args.preset:
+        from nnunet_dinomix.plans_preset import load_preset
+        preset = os.path.abspath(args.preset) if os.path.isfile(args.preset) else args.preset
+        return Tier(args.device, load_preset(preset)["plans_name"], workers, preset)
+    plans = args.plans or ("nnUNetPlans" if cuda else demo.PLANS)
+    return Tier(args.device, plans, workers, "tiny_cpu" if plans == demo.PLANS else None)
 
 
 def phantom(args):
@@ -690,7 +698,8 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
               f"- command: `{command}`",
               f"- data: per seed a fresh '{args.phantom}' phantom ({split.n_labeled} labeled that show every class "
               f"together, {split.n_unlabeled} unlabeled, {split.n_test} test cases, shape {config.shape}); "
-              f"plans {tier.plans}; fold 'all'",
+              f"plans {tier.plans}" + (f" (preset {os.path.relpath(tier.preset)})"
+                                       if tier.preset and os.path.isfile(tier.preset) else "") + "; fold 'all'",
               f"- training: {args.steps} optimizer steps for every run ({epochs} epochs x {args.iterations}), burn-in "
               f"counted; nnUNet_n_proc_DA={tier.data_workers}; the runs of one seed share DINOMIX_SEED (the same "
               f"initial weights and labeled batches, so a semi-supervised trainer's burn-in repeats the reference's "

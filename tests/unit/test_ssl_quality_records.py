@@ -85,3 +85,17 @@ def test_pair_of_takes_a_columns_differences_to_its_own_pair(tmp_path):
     assert {(r["label"], r["seed"]) for r in back} == {(r["label"], r["seed"]) for r in records}
     with pytest.raises(SystemExit, match="no run labelled 'nope'"):
         ssl_quality.report(records, ["plain", "ssl"], ["gallbladder"], ["# r"], pair_of={"ssl": "nope"})
+
+
+def test_the_tier_trains_the_plans_its_preset_derives():
+    from argparse import Namespace
+    preset = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "presets", "cpu_tier_small.json")
+    args = dict(device="cpu", data_workers=None, jobs=2, plans=None, preset=None)
+    default = ssl_quality.tier_of(Namespace(**args))
+    assert (default.plans, default.preset) == ("nnUNetPlansTinyCPU", "tiny_cpu")
+    small = ssl_quality.tier_of(Namespace(**dict(args, preset=preset)))
+    assert small.plans == "nnUNetPlansCPUTierSmall" and os.path.isabs(small.preset)
+    gpu = ssl_quality.tier_of(Namespace(**dict(args, device="cuda")))
+    assert (gpu.plans, gpu.preset) == ("nnUNetPlans", None)
+    with pytest.raises(SystemExit):
+        ssl_quality.main(["--preset", preset, "--plans", "nnUNetPlans", "--name", "refused"])
