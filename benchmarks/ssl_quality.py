@@ -2,10 +2,10 @@
 
 For every seed: a fresh phantom draw (its own labeled, unlabeled and test cases, with the unlabeled cases' true
 labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the tier's plans (the tiny CPU plans,
-another plans preset's with ``--preset``, or with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every trainer is trained with the same labeled
-cases for the same number of optimizer steps (burn-in counted), predicts the held-out test cases with
-``nnUNetv2_predict --disable_tta`` and is scored with ``nnUNetv2_evaluate_folder``. ``--upper-bound`` adds plain
-nnU-Net trained on every training case with its true label (the labeled and the unlabeled ones), the bound
+another plans preset's with ``--preset``, or with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every
+trainer is trained with the same labeled cases for the same number of optimizer steps (burn-in counted), predicts
+the held-out test cases with ``nnUNetv2_predict --disable_tta`` and is scored with ``nnUNetv2_evaluate_folder``.
+``--upper-bound`` adds plain nnU-Net trained on every training case with its true label (the labeled and the unlabeled ones), the bound
 semi-supervised learning is reported between.
 
 The report (benchmarks/results/NAME.md) has per-seed per-class Dice, mean ± std over seeds, the paired
@@ -433,7 +433,7 @@ def main(argv=None) -> int:
                    help="take LABEL's paired differences to PAIR instead (e.g. a recipe on a second batch stream "
                         "to plain nnU-Net resumed on that stream)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu: the CPU tier on nnU-Net's plans cut down by the tiny_cpu preset; cuda: the GPU tier, "
+                   help="cpu: the CPU tier on nnU-Net's plans cut down by a plans preset (--preset); cuda: the GPU tier, "
                         "runs side by side on one GPU")
     p.add_argument("--preset", default=None, metavar="NAME_OR_JSON",
                    help="plans preset (dinomix_plans_preset) that derives the runs' plans from nnU-Net's; its "
