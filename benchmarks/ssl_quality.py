@@ -5,8 +5,8 @@ labels kept aside for diagnostics), nnU-Net's planning and preprocessing, the ti
 another plans preset's with ``--preset``, or with ``--device cuda`` nnU-Net's own), the unlabeled pool. Then every
 trainer is trained with the same labeled cases for the same number of optimizer steps (burn-in counted), predicts
 the held-out test cases with ``nnUNetv2_predict --disable_tta`` and is scored with ``nnUNetv2_evaluate_folder``.
-``--upper-bound`` adds plain nnU-Net trained on every training case with its true label (the labeled and the unlabeled ones), the bound
-semi-supervised learning is reported between.
+``--upper-bound`` adds plain nnU-Net trained on every training case with its true label (the labeled and the
+unlabeled ones), the bound semi-supervised learning is reported between.
 
 The report (benchmarks/results/NAME.md) has per-seed per-class Dice, mean ± std over seeds, the paired
 difference of every trainer to plain nnU-Net, the share of the gap between plain nnU-Net and the upper bound that
