@@ -71,7 +71,7 @@ class Tier:
     device: str = "cpu"
     plans: str = demo.PLANS
     data_workers: int = 0
-    preset: Optional[str] = "tiny_cpu"  # the dinomix_plans_preset that derives `plans`; None: plans used as planned
+    preset: Optional[str] = demo.PRESET  # the dinomix_plans_preset that derives `plans`; None: plans used as planned
 
 
 @dataclass
@@ -433,8 +433,8 @@ def main(argv=None) -> int:
                    help="take LABEL's paired differences to PAIR instead (e.g. a recipe on a second batch stream "
                         "to plain nnU-Net resumed on that stream)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu: the CPU tier on nnU-Net's plans cut down by a plans preset (--preset); cuda: the GPU tier, "
-                        "runs side by side on one GPU")
+                   help="cpu: the CPU tier on nnU-Net's plans cut down by a plans preset (--preset); cuda: the GPU "
+                        "tier, runs side by side on one GPU")
     p.add_argument("--preset", default=None, metavar="NAME_OR_JSON",
                    help="plans preset (dinomix_plans_preset) that derives the runs' plans from nnU-Net's; its "
                         "plans_name is the plans trained [default: tiny_cpu on cpu, none on cuda]")
@@ -637,7 +637,7 @@ def tier_of(args) -> Tier:
         preset = os.path.abspath(args.preset) if os.path.isfile(args.preset) else args.preset
         return Tier(args.device, load_preset(preset)["plans_name"], workers, preset)
     plans = args.plans or ("nnUNetPlans" if cuda else demo.PLANS)
-    return Tier(args.device, plans, workers, "tiny_cpu" if plans == demo.PLANS else None)
+    return Tier(args.device, plans, workers, demo.PRESET if plans == demo.PLANS else None)
 
 
 def phantom(args):

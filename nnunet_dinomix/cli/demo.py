@@ -23,6 +23,7 @@ from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, wr
 
 DATASET_ID = 990
 DATASET_NAME = "DinoMixPhantom"
+PRESET = "tiny_cpu"  # the shipped plans preset (plans/tiny_cpu.json) that derives PLANS
 PLANS = "nnUNetPlansTinyCPU"
 CONFIGURATION = "3d_fullres"
 TRAINERS = ("nnUNetTrainerBudget", "nnUNetTrainerMeanTeacherBudget", "nnUNetTrainerDinoMixNoFKDBudget")
@@ -102,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     plans = PLANS if args.plans == "tiny" else "nnUNetPlans"
     print("[3/5] " + ("Tiny CPU plans and the" if plans == PLANS else "The") + " unlabeled pool", flush=True)
     if plans == PLANS:
-        run([executable("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", "tiny_cpu"], env)
+        run([executable("dinomix_plans_preset"), "-d", str(DATASET_ID), "--preset", PRESET], env)
     run([executable("dinomix_preprocess_unlabeled"), "-d", str(DATASET_ID), "-p", plans, "-np",
          env["nnUNet_def_n_proc"]], env)
 
