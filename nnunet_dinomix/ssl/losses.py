@@ -63,9 +63,15 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
 
 def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, batch_dice: bool,
                      do_bg: bool = False, smooth: float = 1e-5,
-                     merged: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     merged: Optional[torch.Tensor] = None, weigh_samples: bool = False) -> torch.Tensor:
     """Negative soft Dice of ``softmax(logits)`` against ``target`` on masked voxels, averaged over classes (those
-    with ``merged[c]`` left out)."""
+    with ``merged[c]`` left out).
+
+    Per-sample Dice (``batch_dice`` False) is averaged over the samples uniformly, as nnU-Net does; with
+    ``weigh_samples`` each sample counts by the share of its voxels in the mask. That is for a mixed batch, where an
+    unlabeled sample's ground truth is one pasted box: most classes are absent from it, their Dice is about 0
+    whatever the network does, and a uniform mean would scale the labeled samples' Dice gradient down by the
+    batch's share of labeled samples (half, with nnU-Net's batch and as many unlabeled samples)."""
     probs = torch.softmax(logits, dim=1)
     target = _as_channel(target, logits.ndim).long()
     mask = _as_channel(mask, logits.ndim).to(probs.dtype)
@@ -87,15 +93,21 @@ def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Ten
         if not bool(kept.any()):  # every class merged into background: nothing for the Dice to score
             return probs.sum() * 0.0
         dice = dice[..., kept]
+    if weigh_samples and not batch_dice:
+        share = mask.flatten(1).sum(1, dtype=torch.float32) / mask[0].numel()
+        if float(share.sum()) <= 0:
+            return probs.sum() * 0.0
+        return -(dice.mean(1) * share).sum() / share.sum()
     return -dice.mean()
 
 
 def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, batch_dice: bool,
                    weight_ce: float = 1.0, weight_dice: float = 1.0,
                    class_weights: Optional[torch.Tensor] = None,
-                   merged: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   merged: Optional[torch.Tensor] = None, weigh_samples: bool = False) -> torch.Tensor:
     return (weight_ce * masked_cross_entropy(logits, target, mask, class_weights, merged) +
-            weight_dice * masked_soft_dice(logits, target, mask, batch_dice, merged=merged))
+            weight_dice * masked_soft_dice(logits, target, mask, batch_dice, merged=merged,
+                                           weigh_samples=weigh_samples))
 
 
 UNLABELED_LOSSES = ("ce", "dice_ce", "batch_dice_ce")

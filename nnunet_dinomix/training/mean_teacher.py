@@ -85,6 +85,10 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         # marginal background: on unlabeled voxels, a background pseudo-label means "background or a class the gate
         # holds closed", so the unlabeled loss never pushes down a class the teacher has not learned yet
         self.unsup_marginal_background = True
+        # with a mixer, L_sup's per-sample Dice counts each sample by its share of ground-truth voxels: an unlabeled
+        # sample holds ground truth only in a pasted box, where most classes are absent, and a uniform mean over the
+        # samples would halve the labeled samples' Dice gradient against plain nnU-Net (ssl/losses.py)
+        self.sup_dice_weigh_samples = False
         self.student_noise_std = 0.1  # on nnU-Net's normalised intensities
         # True: the student sees a strong intensity view of the teacher's unlabeled crop (FixMatch's weak-to-strong
         # consistency, ssl/strong_view.py); False: the same crop with the noise above only
@@ -176,7 +180,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         else:
             labels = downsample_nearest(mixed.label, scales)
             loss_sup = deep_supervision_sum(
-                lambda o, y, m: masked_dice_ce(o, y, m, self.configuration_manager.batch_dice), weights, outputs,
+                lambda o, y, m: masked_dice_ce(o, y, m, self.configuration_manager.batch_dice,
+                                               weigh_samples=self.sup_dice_weigh_samples), weights, outputs,
                 labels, downsample_nearest(mixed.ground_truth, scales))
         rows = mixed.pseudo_weight.flatten(1).sum(1) > 0  # samples holding pseudo-labelled voxels
         if not bool(rows.any()):
