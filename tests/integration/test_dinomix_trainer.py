@@ -106,6 +106,25 @@ def test_ablation_without_fkd_runs_without_any_weights(phantom_with_pool, monkey
         assert "pic_gamma" in out
 
 
+def test_weighing_samples_changes_the_supervised_loss_of_mixed_batches_only(phantom_with_pool, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    with started_trainer("nnUNetTrainerDinoMixNoFKD") as t:
+        assert t.sup_dice_weigh_samples is False  # the default until a benchmark says otherwise
+        x_l, y_l = t.labeled_batch(next(t.dataloader_train))
+        x_u = t.unlabeled_batch()
+        with torch.no_grad():
+            for mixed in (t.mix(x_l, y_l, None, None), t.mix(x_l, y_l, x_u, t.teacher_pseudo_labels(x_u))):
+                outputs = list(t.network(mixed.image))
+                losses = []
+                for weigh in (False, True):
+                    t.sup_dice_weigh_samples = weigh
+                    losses.append(float(t.segmentation_losses(outputs, mixed, y_l)[0]))
+                if mixed.num_labeled == mixed.image.shape[0]:  # burn-in: every voxel ground truth
+                    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+                else:  # unlabeled samples whose ground truth is a box count by its share
+                    assert mixed.boxes and abs(losses[0] - losses[1]) > 1e-4
+
+
 def test_ablation_without_pic_does_not_mix(phantom_with_pool, teacher_env):
     with started_trainer("nnUNetTrainerDinoMixNoPIC") as t:
         x_l, y_l = t.labeled_batch(next(t.dataloader_train))

@@ -80,6 +80,48 @@ def test_masked_dice_ce_equals_nnunet_loss_with_ignore_label(batch_dice):
     torch.testing.assert_close(ours, expected)
 
 
+def _mixed_batch_with_boxes():
+    """2 labeled samples (ground truth everywhere) and 2 unlabeled ones whose only ground truth is one box."""
+    torch.manual_seed(3)
+    target = torch.zeros(4, 1, 8, 16, 16, dtype=torch.long)
+    for c in range(1, 6):  # one block per class in every sample
+        target[:, :, 1:4, 3 * c - 2:3 * c + 1, 2:8] = c
+    mask = torch.zeros_like(target, dtype=torch.bool)
+    mask[:2] = True
+    mask[2:, :, 1:4, 1:5, 1:9] = True  # the box holds classes 1 and 2 only
+    return torch.randn(4, 6, 8, 16, 16), target, mask
+
+
+def _labeled_gradient(loss_fn, logits):
+    logits = logits.clone().requires_grad_(True)
+    loss_fn(logits).backward()
+    return logits.grad[:2]
+
+
+def test_weighing_samples_keeps_the_labeled_dice_gradient_of_a_mixed_batch():
+    logits, target, mask = _mixed_batch_with_boxes()
+    alone = _labeled_gradient(lambda l: masked_soft_dice(l[:2], target[:2], mask[:2], False), logits)
+    uniform = _labeled_gradient(lambda l: masked_soft_dice(l, target, mask, False), logits)
+    weighed = _labeled_gradient(lambda l: masked_soft_dice(l, target, mask, False, weigh_samples=True), logits)
+    # the uniform mean over 4 samples halves what the 2 labeled samples get; the share-weighted mean keeps it but
+    # for the boxes' share of the ground truth (2 x 96 of 2 x 2048 + 2 x 96 voxels)
+    assert uniform.norm() / alone.norm() == pytest.approx(0.5, abs=1e-4)
+    share = 2 * 2048 / (2 * 2048 + 2 * 96)
+    assert weighed.norm() / alone.norm() == pytest.approx(share, abs=1e-4)
+    torch.testing.assert_close(weighed / share, alone)
+
+
+def test_weighing_samples_changes_nothing_when_every_voxel_is_labeled_or_dice_is_batch_wide():
+    logits, target, mask = _mixed_batch_with_boxes()
+    full = torch.ones_like(mask)
+    torch.testing.assert_close(masked_dice_ce(logits, target, full, False, weigh_samples=True),
+                               masked_dice_ce(logits, target, full, False))
+    torch.testing.assert_close(masked_soft_dice(logits, target, mask, True, weigh_samples=True),
+                               masked_soft_dice(logits, target, mask, True))
+    empty = torch.zeros_like(mask)
+    assert masked_soft_dice(logits, target, empty, False, weigh_samples=True).item() == 0.0
+
+
 def test_masked_losses_only_see_masked_voxels():
     torch.manual_seed(2)
     logits = torch.randn(1, 3, 4, 4, 4, requires_grad=True)
