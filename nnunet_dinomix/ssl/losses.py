@@ -93,11 +93,9 @@ def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Ten
         if not bool(kept.any()):  # every class merged into background: nothing for the Dice to score
             return probs.sum() * 0.0
         dice = dice[..., kept]
-    if weigh_samples and not batch_dice:
-        share = mask.flatten(1).sum(1, dtype=torch.float32) / mask[0].numel()
-        if float(share.sum()) <= 0:
-            return probs.sum() * 0.0
-        return -(dice.mean(1) * share).sum() / share.sum()
+    if weigh_samples and not batch_dice:  # voxel counts: the normalisation makes them shares; 0 if the mask is empty
+        counted = mask.flatten(1).sum(1, dtype=torch.float32)
+        return -(dice.mean(1) * counted).sum() / counted.sum().clamp_min(1.0)
     return -dice.mean()
 
 
