@@ -25,6 +25,10 @@ seed).
 another stream of batches from ``on_train_start`` on: runs that differ only in it measure how much a trainer's
 result moves with the luck of the batches alone, the noise floor of a paired difference at one seed.
 
+``only_mirror_axes`` (settable through ``DINOMIX_TRAINER_SETTINGS``; default None, nnU-Net's axes) keeps only the
+given spatial axes of nnU-Net's mirroring, in training and at test time, as nnU-Net's ``nnUNetTrainer_onlyMirror01``
+does with ``[0, 1]`` for datasets with left and right labels; a benchmark can then pair every trainer under it.
+
 ``snapshot_epochs`` (settable through ``DINOMIX_TRAINER_SETTINGS``) keeps ``checkpoint_epoch_<E>.pth`` after epoch
 ``E``, resumable with ``--c`` like nnU-Net's own ``checkpoint_latest.pth``.
 
@@ -117,6 +121,8 @@ def _with_budget(parent: type) -> type:
         # 0: the batches of DINOMIX_SEED; k > 0: the same initial weights, but the k-th other stream of batches and
         # augmentations from on_train_start on (benchmarks measure the run-to-run noise of a paired comparison)
         self.random_stream = 0
+        # None: nnU-Net's mirror axes; a tuple: only those of them, in training and at test time
+        self.only_mirror_axes: Optional[tuple] = None
         apply_budget_from_env(self)
         self.budget_seed = seed_from_env()
         if self.budget_seed is not None:
@@ -136,6 +142,16 @@ def _with_budget(parent: type) -> type:
             if unlabeled is not None:
                 unlabeled.reseed(stream_seed(self.budget_seed + 2, stream))
 
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            parent.configure_rotation_dummyDA_mirroring_and_inital_patch_size(self)
+        if self.only_mirror_axes is not None:
+            mirror_axes = tuple(a for a in (mirror_axes or ()) if a in self.only_mirror_axes) or None
+            self.inference_allowed_mirroring_axes = mirror_axes
+            self.print_to_log_file(f"Mirror axes (only_mirror_axes {tuple(self.only_mirror_axes)}): {mirror_axes}, "
+                                   f"in training and at test time")
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
     def on_epoch_end(self):
         finished = self.current_epoch + 1
         parent.on_epoch_end(self)
@@ -151,6 +167,8 @@ def _with_budget(parent: type) -> type:
 
     name = parent.__name__ + "Budget"
     return type(name, (parent,), {"__init__": __init__, "initialize": initialize, "on_train_start": on_train_start,
+                                  "configure_rotation_dummyDA_mirroring_and_inital_patch_size":
+                                      configure_rotation_dummyDA_mirroring_and_inital_patch_size,
                                   "on_epoch_end": on_epoch_end,
                                   "__module__": __name__, "__qualname__": name,
                                   "__doc__": f"{parent.__name__} with the training length from DINOMIX_* variables."})

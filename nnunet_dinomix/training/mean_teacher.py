@@ -277,16 +277,19 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         """The mixing part (None: no mixing). Built in initialize(); PIC trainers return a PICMixer."""
         return None
 
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        """nnU-Net's augmentation settings. A mixer takes mirroring over from the loaders and applies it after the
-        mix: independently mirrored source and target would put a pasted left kidney on the right. Inference
-        mirroring (TTA) is set by nnU-Net here and stays as it is."""
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, **kwargs):
+        """nnU-Net's training pipeline, for the labeled and the unlabeled loader. A mixer takes mirroring over from
+        the loaders and applies it after the mix: independently mirrored source and target would put a pasted left
+        kidney on the right. The axes are taken here, where the loaders receive them, so that a variant restricting
+        them in ``configure_rotation_dummyDA_mirroring_and_inital_patch_size`` (as nnU-Net's
+        ``nnUNetTrainer_onlyMirror01`` does for left/right labels) restricts the mixer's too. Test-time mirroring
+        stays nnU-Net's (``inference_allowed_mirroring_axes``)."""
         if self.mixer is not None and hasattr(self.mixer, "mirror_axes"):
             self.mixer.mirror_axes = tuple(mirror_axes) if mirror_axes else None
             mirror_axes = None
-        return rotation, dummy_2d, initial_patch_size, mirror_axes
+        return super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                               do_dummy_2d_data_aug, **kwargs)
 
     def start_from_supervised_model(self) -> Optional[str]:
         """Load the whole network, output layers included, from ``pretrained_weights`` (or nnUNetv2_train's

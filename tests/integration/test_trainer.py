@@ -335,3 +335,33 @@ def test_a_bad_seed_is_refused(phantom_with_pool, monkeypatch):
     monkeypatch.setenv("DINOMIX_SEED", "-1")
     with pytest.raises(ValueError, match="DINOMIX_SEED"):
         make_trainer("nnUNetTrainerBudget")
+
+
+def _mirror_axes_of(augmenter):
+    """The axes of every MirrorTransform in a loader's training pipeline (nnUNet_n_proc_DA=0: one process)."""
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+
+    def walk(transform):
+        if isinstance(transform, MirrorTransform):
+            yield tuple(transform.allowed_axes)
+        for child in getattr(transform, "transforms", None) or []:
+            yield from walk(child)
+        if getattr(transform, "transform", None) is not None:
+            yield from walk(transform.transform)
+
+    return list(walk(augmenter.data_loader.transforms))
+
+
+def test_only_mirror_axes_restricts_the_loaders_the_mixer_and_test_time_mirroring(phantom_with_pool, monkeypatch):
+    """As nnU-Net's nnUNetTrainer_onlyMirror01 does for left/right labels, and for a mixing trainer too: its
+    mixer, which takes mirroring over from the loaders, gets the restricted axes, not nnU-Net's."""
+    with started_trainer("nnUNetTrainerBudget") as t:
+        assert _mirror_axes_of(t.dataloader_train) == [(0, 1, 2)]  # the check can fail: nnU-Net's default
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"only_mirror_axes": [0, 1]}')
+    with started_trainer("nnUNetTrainerBudget") as t:
+        assert _mirror_axes_of(t.dataloader_train) == [(0, 1)]
+        assert t.inference_allowed_mirroring_axes == (0, 1)
+    with started_trainer("nnUNetTrainerDinoMixNoFKDBudget") as t:
+        assert t.mixer.mirror_axes == (0, 1)
+        assert _mirror_axes_of(t.dataloader_train) == [] and _mirror_axes_of(t.dataloader_unlabeled) == []
+        assert t.inference_allowed_mirroring_axes == (0, 1)
