@@ -349,16 +349,17 @@ def report(records: List[dict], labels: List[str], tail: List[str], header: List
     for name in rows:
         out.append(f"| {name} | " + " | ".join(fmt([metric(by[(l, s)], name) for s in seeds if (l, s) in by])
                                                for l in labels) + " |")
-    out += ["", f"## Paired difference to {ref} (Dice points, mean ± std over seeds; per seed in brackets)", "",
-            "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(others)]
-    for name in rows:
-        cells = []
-        for l in others:
-            p = pair_of[l]
-            d = [metric(by[(l, s)], name) - metric(by[(p, s)], name)
-                 for s in seeds if (l, s) in by and (p, s) in by]
-            cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if others:  # a run of the reference alone (e.g. a new pair for later recipes) has nothing to pair
+        out += ["", f"## Paired difference to {ref} (Dice points, mean ± std over seeds; per seed in brackets)", "",
+                "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(others)]
+        for name in rows:
+            cells = []
+            for l in others:
+                p = pair_of[l]
+                d = [metric(by[(l, s)], name) - metric(by[(p, s)], name)
+                     for s in seeds if (l, s) in by and (p, s) in by]
+                cells.append(f"{fmt(d)} [{', '.join(f'{100 * x:+.1f}' for x in d)}]")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(l == UPPER for l in others) and len(others) > 1:  # some trainer between the two bounds
         out += ["", f"## Share of the gap between {ref} and the upper bound that each trainer closes "
                     "(seeds with a bound)", "",

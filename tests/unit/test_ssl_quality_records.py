@@ -42,6 +42,7 @@ def test_a_result_file_reads_back_as_its_records(tmp_path):
 def test_merging_prefers_exact_records_renames_and_refuses_two_runs_under_one_label(tmp_path):
     exact = [_record("nnU-Net (resumed)", 3, 0.0123)]
     text = ssl_quality.report([_record("resumed-s0", 3, 0.0123)], ["resumed-s0"], ["gallbladder"], ["# r"])
+    assert "Paired difference" not in text  # one run: no empty table of differences
     (tmp_path / "old.md").write_text(text)
     (tmp_path / "new.json").write_text(json.dumps(exact))
     merged = ssl_quality.merged_records([str(tmp_path / "old.md"), str(tmp_path / "new.json")],
