@@ -44,7 +44,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from nnunet_dinomix.cli import demo
-from nnunet_dinomix.commands import executable as exe, nnunet_env, run as run_command
+from nnunet_dinomix.commands import executable as exe, nnunet_env, run as run_command, stop_commands_on_signal
 from nnunet_dinomix.phantom.generator import PRESETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -494,6 +494,7 @@ def main(argv=None) -> int:
         p.error("--anchor needs --shared-burn-in (it starts from the reference's snapshot)")
     if args.reference_from and not args.shared_burn_in:
         p.error("--reference-from needs --shared-burn-in (the new runs start from the reference's snapshot)")
+    stop_commands_on_signal()  # a killed harness stops its trainings, which would otherwise run on for hours
     start = time.time()
     envs, runs = {}, []
     for seed in args.seeds:

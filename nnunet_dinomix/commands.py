@@ -5,13 +5,16 @@ that what they measure is what a user gets. No nnU-Net import.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from nnunet_dinomix import discovery
 from nnunet_dinomix.errors import DinoMixError
@@ -39,6 +42,63 @@ def executable(name: str) -> str:
     return candidate if os.path.isfile(candidate) else name
 
 
+_live: set = set()  # the commands running now, for stop_commands_on_signal
+_live_lock = threading.RLock()  # reentrant: the stop signal may arrive while the main thread holds it
+_own_sessions = False  # set by stop_commands_on_signal: each command runs in a session (process group) of its own
+_stopping = False
+
+
+def stop_commands_on_signal() -> None:
+    """Make SIGTERM, SIGHUP and SIGINT stop the commands this process runs, their own children included (nnU-Net's
+    data-augmentation workers), before this process exits, so that a killed benchmark (``pkill -f ssl_quality``)
+    leaves no training behind; no command starts after the signal. Each command then runs in a process group of
+    its own, which the signal to this process would not reach, so the handler stops the groups. Call it once from
+    the main thread of a command-line entry point, before any command starts; a second signal kills at once."""
+    global _own_sessions
+
+    def stop(signum, frame):
+        global _stopping
+        _stopping = True
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        with _live_lock:
+            for process in _live:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, stop)
+    _own_sessions = True
+
+
+@contextlib.contextmanager
+def _command(cmd: Sequence[str], **popen) -> Iterator[subprocess.Popen]:
+    """A running command, known to :func:`stop_commands_on_signal` while it runs, killed if the caller fails."""
+    with _live_lock:  # the stop signal either finds this command in _live or keeps it from starting
+        if _stopping:
+            raise DinoMixError(f"not starting {cmd[0]}: this process was told to stop")
+        process = subprocess.Popen(list(cmd), start_new_session=_own_sessions, **popen)
+        _live.add(process)
+    try:
+        with process:  # on leaving, closes the pipes and waits for the command
+            try:
+                yield process
+            except BaseException:
+                if _own_sessions:  # the command's own children too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
+                raise
+    finally:
+        with _live_lock:
+            _live.discard(process)
+
+
 def run(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, log_file: Optional[str] = None,
         progress: Optional[Callable[[str], Optional[str]]] = None, on_failure: str = "") -> None:
     """Run ``cmd`` (printed first, as ``$ ...``), its output to ``log_file`` or the console; a non-zero exit
@@ -47,21 +107,22 @@ def run(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, log_file: Opti
     printed, e.g. :class:`TrainingProgress`."""
     print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     start = time.time()
-    if log_file is None:
-        code = subprocess.run(list(cmd), env=env).returncode
-    else:
-        with open(log_file, "w") as log:
-            if progress is None:
-                code = subprocess.run(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-            else:
-                with subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, bufsize=1) as process:
-                    for line in process.stdout:
-                        log.write(line)
-                        shown = progress(line.rstrip("\n"))
-                        if shown:
-                            print(shown, flush=True)
-                code = process.returncode
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(log_file, "w")) if log_file is not None else None
+        if log is None:
+            streams = {}
+        elif progress is None:
+            streams = dict(stdout=log, stderr=subprocess.STDOUT)
+        else:
+            streams = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = stack.enter_context(_command(cmd, env=env, **streams))
+        if log is not None and progress is not None:
+            for line in process.stdout:
+                log.write(line)
+                shown = progress(line.rstrip("\n"))
+                if shown:
+                    print(shown, flush=True)
+        code = process.wait()
     if code != 0:
         hint = f" (output in {log_file})" if log_file else ""
         raise DinoMixError(f"{cmd[0]} failed with exit code {code}{hint}: {' '.join(cmd)}"

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from nnunet_dinomix.commands import TrainingProgress, executable, nnunet_env, run
+from nnunet_dinomix.commands import TrainingProgress, executable, nnunet_env, run, stop_commands_on_signal
 from nnunet_dinomix.errors import command
 from nnunet_dinomix.phantom.dataset import PhantomSplit, dataset_folder_name, write_phantom_dataset
 
@@ -75,6 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="phantom volume size [default: 40 80 80]")
     args = parser.parse_args(argv)
+    stop_commands_on_signal()
 
     workdir = os.path.abspath(args.output)
     if os.path.isdir(workdir) and os.listdir(workdir):

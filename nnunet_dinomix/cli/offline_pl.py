@@ -9,6 +9,7 @@ import sys
 from typing import List, Optional
 
 from nnunet_dinomix import paths
+from nnunet_dinomix.commands import stop_commands_on_signal
 from nnunet_dinomix.errors import command
 from nnunet_dinomix.offline_pl import __doc__ as DESCRIPTION, run_rounds
 
@@ -37,6 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="with --rounds 1: build and preprocess the pseudo-labelled dataset, then stop and print the "
                         "nnUNetv2_train command that trains it (to train it elsewhere, or with other settings)")
     args = p.parse_args(argv)
+    stop_commands_on_signal()
 
     return run_rounds(args)
 

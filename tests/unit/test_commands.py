@@ -43,3 +43,53 @@ def test_run_logs_every_line_and_prints_progress(tmp_path, capsys):
     with pytest.raises(DinoMixError, match=f"exit code 3 \\(output in {log}\\).*Nothing was lost"):
         run([sys.executable, "-c", "import sys; print('x'); sys.exit(3)"], log_file=str(log),
             progress=TrainingProgress("T", 1), on_failure="Nothing was lost.")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# a caller like benchmarks/ssl_quality.py: commands run from a worker thread, the main thread waits on them
+CALLER = """
+import concurrent.futures, sys
+from nnunet_dinomix import commands
+commands.stop_commands_on_signal()
+child = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+         "open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
+with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    first = pool.submit(commands.run, [sys.executable, '-c', child, sys.argv[1]])
+    later = pool.submit(commands.run, [sys.executable, '-c', "open(sys.argv[1], 'w').write('started')", sys.argv[2]])
+    first.result()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_terminated_caller_stops_its_commands_and_their_children_and_starts_no_more(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+    pid_file, later_file = tmp_path / "grandchild.pid", tmp_path / "later.txt"
+    caller = subprocess.Popen([sys.executable, "-c", CALLER, str(pid_file), str(later_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    assert _alive(grandchild)
+    caller.send_signal(signal.SIGTERM)  # what pkill sends
+    assert caller.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.time() + 10
+    while _alive(grandchild) and time.time() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not _alive(grandchild), "the command's own child outlived the terminated caller"
+    finally:
+        if _alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+    assert not later_file.exists()  # the queued command never started
