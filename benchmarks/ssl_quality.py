@@ -658,11 +658,11 @@ def machine_accelerator(tier: Tier) -> str:
 
 
 def rebuilt_header(header: List[str], previous: str) -> List[str]:
-    """The header of a report rebuilt with --report-only: the command and wall-clock of the run that trained (read
-    from the report it replaces) stay, and the rebuilding command is added as ``- rebuilt with:``."""
+    """The header of a report rebuilt with --report-only: the command, machine and wall-clock of the run that
+    trained (read from the report it replaces) stay, and the rebuilding command is added as ``- rebuilt with:``."""
     kept = {}
     for line in previous.splitlines():
-        for key in ("- command: ", "- total wall-clock: "):
+        for key in ("- command: ", "- machine: ", "- total wall-clock: "):
             if line.startswith(key) and key not in kept:
                 kept[key] = line
     trained = kept.get("- command: ", "")
@@ -670,10 +670,11 @@ def rebuilt_header(header: List[str], previous: str) -> List[str]:
         return header
     out = []
     for line in header:
-        if line.startswith("- command: "):
-            out += [trained, "- rebuilt with: " + line[len("- command: "):]]
-        elif line.startswith("- total wall-clock: ") and "- total wall-clock: " in kept:
-            out.append(kept["- total wall-clock: "])
+        key = line[:line.find(": ") + 2]
+        if key == "- command: ":
+            out += [trained, "- rebuilt with: " + line[len(key):]]
+        elif key in ("- machine: ", "- total wall-clock: ") and key in kept:  # the run's, not the rebuild's
+            out.append(kept[key])
         else:
             out.append(line)
     return out

@@ -54,12 +54,15 @@ def test_merging_prefers_exact_records_renames_and_refuses_two_runs_under_one_la
         ssl_quality.merged_records([str(tmp_path / "new.json"), str(tmp_path / "other.json")])
 
 
-def test_a_rebuilt_report_keeps_the_command_and_wall_clock_of_the_run_that_trained():
-    header = ["# r", "- date: today", "- command: `python benchmarks/ssl_quality.py --report-only --name r`",
+def test_a_rebuilt_report_keeps_the_command_machine_and_wall_clock_of_the_run_that_trained():
+    header = ["# r", "- date: today", "- machine: 2 runs side by side",
+              "- command: `python benchmarks/ssl_quality.py --report-only --name r`",
               "- total wall-clock: see the first run of this report"]
-    trained = "# r\n- command: `python benchmarks/ssl_quality.py --seeds 2 --name r`\n- total wall-clock: 55 min\n"
+    trained = ("# r\n- machine: 1 runs side by side\n- command: `python benchmarks/ssl_quality.py --seeds 2 --name r`\n"
+               "- total wall-clock: 55 min\n")
     rebuilt = ssl_quality.rebuilt_header(header, trained)
-    assert rebuilt == ["# r", "- date: today", "- command: `python benchmarks/ssl_quality.py --seeds 2 --name r`",
+    assert rebuilt == ["# r", "- date: today", "- machine: 1 runs side by side",
+                       "- command: `python benchmarks/ssl_quality.py --seeds 2 --name r`",
                        "- rebuilt with: `python benchmarks/ssl_quality.py --report-only --name r`",
                        "- total wall-clock: 55 min"]
     # rebuilt twice: the training command is still the one kept, and only the latest rebuild is named
