@@ -46,6 +46,7 @@ _live: set = set()  # the commands running now, for stop_commands_on_signal
 _live_lock = threading.RLock()  # reentrant: the stop signal may arrive while the main thread holds it
 _own_sessions = False  # set by stop_commands_on_signal: each command runs in a session (process group) of its own
 _stopping = False
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def stop_commands_on_signal() -> None:
@@ -59,7 +60,7 @@ def stop_commands_on_signal() -> None:
     def stop(signum, frame):
         global _stopping
         _stopping = True
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         with _live_lock:
             for process in _live:
@@ -71,7 +72,7 @@ def stop_commands_on_signal() -> None:
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         return
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, stop)
     _own_sessions = True
 
@@ -89,10 +90,11 @@ def _command(cmd: Sequence[str], **popen) -> Iterator[subprocess.Popen]:
             try:
                 yield process
             except BaseException:
-                if _own_sessions:  # the command's own children too
+                if _own_sessions:  # the command and its own children
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGKILL)
-                process.kill()
+                else:
+                    process.kill()
                 raise
     finally:
         with _live_lock:

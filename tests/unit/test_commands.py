@@ -1,5 +1,9 @@
 """Running commands as a user would: the log keeps everything, the console gets one progress line per epoch."""
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -70,10 +74,6 @@ with concurrent.futures.ThreadPoolExecutor(1) as pool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_terminated_caller_stops_its_commands_and_their_children_and_starts_no_more(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import time
     pid_file, later_file = tmp_path / "grandchild.pid", tmp_path / "later.txt"
     caller = subprocess.Popen([sys.executable, "-c", CALLER, str(pid_file), str(later_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
