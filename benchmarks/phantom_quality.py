@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 from datetime import date
 
@@ -43,6 +42,7 @@ def main(argv=None) -> int:
 
     from nnunet_dinomix import commands, discovery
     from nnunet_dinomix.cli import demo
+    commands.stop_commands_on_signal()  # a killed benchmark stops its trainings and the step-time run
     if os.path.isdir(work) and os.listdir(work):
         raise SystemExit(f"{work} exists; remove it or pass --work")
     os.makedirs(work, exist_ok=True)
@@ -68,9 +68,9 @@ def main(argv=None) -> int:
         env.setdefault("nnUNet_n_proc_DA", "0" if args.device == "cpu" else "4")
         step_out = os.path.join(work, "step_time.md")
         base = [t[:-len("Budget")] if t.endswith("Budget") else t for t in args.trainers]
-        subprocess.run([sys.executable, os.path.join(HERE, "step_time.py"), "-d", str(demo.DATASET_ID), "-p", plans,
-                        "--device", args.device, "--steps", str(args.steps), "--out", step_out,
-                        "--trainers", *base], env=env, check=True)
+        commands.run([sys.executable, os.path.join(HERE, "step_time.py"), "-d", str(demo.DATASET_ID), "-p", plans,
+                      "--device", args.device, "--steps", str(args.steps), "--out", step_out, "--trainers", *base],
+                     env=env)
         step_table = open(step_out).read().split("\n\n", 1)[1]
 
     command = "python benchmarks/phantom_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])

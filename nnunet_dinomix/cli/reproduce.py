@@ -18,11 +18,10 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 from typing import List, Optional
 
-from nnunet_dinomix import discovery, paths
+from nnunet_dinomix import commands as runner, discovery, paths
 from nnunet_dinomix.errors import DinoMixError, command
 
 DEFAULT_TRAINERS = ["nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerDinoMixNoFKD", "nnUNetTrainerDinoMix"]
@@ -103,14 +102,15 @@ def main(argv=None) -> int:
         raise DinoMixError(f"{e.args[0]} is not set; nnU-Net and nnunet-dinomix need nnUNet_raw, "
                            f"nnUNet_preprocessed and nnUNet_results.") from e
     discovery.register_in_environment()
+    runner.stop_commands_on_signal()  # a killed dinomix_reproduce (SIGTERM, SIGHUP) stops its training too
     for i, cmd in enumerate(commands, 1):
-        print(f"[{i}/{len(commands)}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         if args.dry_run:
+            print(f"[{i}/{len(commands)}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
             continue
-        if subprocess.run(cmd).returncode != 0:
-            print(f"ERROR: step {i} failed; fix the cause and run dinomix_reproduce again (finished steps are "
-                  f"skipped, unfinished training resumes).", file=sys.stderr)
-            return 1
+        print(f"[{i}/{len(commands)}]", end=" ", flush=True)  # runner.run prints the command itself
+        runner.run([runner.executable(cmd[0]), *cmd[1:]],
+                   on_failure=f"Step {i} of {len(commands)} failed; fix the cause and run dinomix_reproduce again "
+                              f"(finished steps are skipped, unfinished training resumes).")
     return 0
 
 

@@ -210,3 +210,31 @@ def test_reproduce_recipe_plans_the_protocol(synapse_download, monkeypatch):
         assert refused.returncode == 1 and "need DINOv3 weights" in refused.stderr
     finally:
         shutil.rmtree(folder)
+
+
+def test_reproduce_stops_at_the_first_failed_step_and_says_how_to_go_on():
+    """A failing step ends dinomix_reproduce with exit code 1 and a message naming the step; no later step runs."""
+    import shutil
+
+    from support import run_cli
+    name = "Dataset951_BrokenPlans"
+    raw = os.path.join(os.environ["nnUNet_raw"], name)
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled"):
+        os.makedirs(os.path.join(raw, sub))
+    os.makedirs(pre)
+    try:
+        with open(os.path.join(raw, "dataset.json"), "w") as f:
+            json.dump({"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "numTraining": 0,
+                       "file_ending": ".nii.gz"}, f)
+        with open(os.path.join(pre, "nnUNetPlans.json"), "w") as f:
+            f.write("{}")  # planned, so the first step is dinomix_preprocess_unlabeled, which refuses these plans
+        out = run_cli("dinomix_reproduce", "-d", 951, "-tr", "nnUNetTrainer", "-device", "cpu", check=False)
+        assert out.returncode == 1
+        assert "[1/4]" in out.stdout and "dinomix_preprocess_unlabeled" in out.stdout and "[2/4]" not in out.stdout
+        assert "is not an nnU-Net plans file" in out.stderr  # the step's own message
+        assert "Step 1 of 4 failed" in out.stderr and "run dinomix_reproduce again" in out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        shutil.rmtree(raw)
+        shutil.rmtree(pre)

@@ -190,7 +190,13 @@ def test_unknown_dataset_configuration_and_unplanned_dataset(scratch, capsys):
         preprocess_unlabeled(scratch["id"], "3d_cascade_fullres", verbose=False)
     with pytest.raises(DinoMixError, match="was not found"):
         preprocess_unlabeled("987", verbose=False)
-    os.remove(os.path.join(scratch["pre"], "nnUNetPlans.json"))
+    plans_file = os.path.join(scratch["pre"], "nnUNetPlans.json")
+    for broken in ('{"configurations": {"3d_fullres"', '{"plans_name": "nnUNetPlans"}', "[]"):
+        with open(plans_file, "w") as f:  # cut off mid-write; another JSON file under the plans' name
+            f.write(broken)
+        with pytest.raises(DinoMixError, match="is not an nnU-Net plans file.*nnUNetv2_plan_and_preprocess"):
+            preprocess_unlabeled(scratch["id"], verbose=False)
+    os.remove(plans_file)
     with pytest.raises(DinoMixError, match="Run nnUNetv2_plan_and_preprocess"):
         preprocess_unlabeled(scratch["id"], verbose=False)
     # the command line prints the message and exits with 1, no traceback
