@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence
 
@@ -70,3 +71,17 @@ def require_env(name: str) -> str:
             f"{name} is not set. nnU-Net and nnunet-dinomix need nnUNet_raw, nnUNet_preprocessed and nnUNet_results; "
             f"see nnU-Net's documentation/set_environment_variables.md.")
     return value
+
+
+def load_plans(plans_file: str, dataset) -> dict:
+    """An nnU-Net plans file, or a :class:`DinoMixError` that says how to write it again when it is not one (cut
+    off mid-write, another JSON file under the plans' name)."""
+    try:
+        with open(plans_file) as f:
+            plans = json.load(f)
+        list(plans["configurations"])
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: not JSON; KeyError, TypeError: not plans
+        raise DinoMixError(f"{plans_file} is not an nnU-Net plans file ({type(e).__name__}: {e}). Write it again "
+                           f"with nnUNetv2_plan_and_preprocess -d {dataset} (or nnUNetv2_plan_experiment) and "
+                           f"rerun.") from e
+    return plans

@@ -105,7 +105,10 @@ def check_dataset(dataset: str, configuration: str, plans_identifier: str) -> Li
     plans_file = os.path.join(folder, plans_identifier + ".json")
     if not os.path.isfile(plans_file):
         return [Check(FAIL, f"{plans_file} missing", f"nnUNetv2_plan_and_preprocess -d {dataset}")]
-    plans = load_json(plans_file)
+    try:
+        plans = paths.load_plans(plans_file, dataset)
+    except DinoMixError as e:
+        return [Check(FAIL, f"{plans_file} is not a plans file", str(e))]
     if configuration not in plans["configurations"]:
         return [Check(FAIL, f"configuration {configuration} not in {plans_identifier}",
                       f"available: {', '.join(plans['configurations'])}")]

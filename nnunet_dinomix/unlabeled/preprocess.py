@@ -240,13 +240,8 @@ def preprocess_unlabeled(dataset: str, configuration: str = "3d_fullres", plans_
         raise DinoMixError(f"{plans_file} does not exist: {dataset_name} has not been planned with "
                            f"'{plans_identifier}'. Run nnUNetv2_plan_and_preprocess -d {dataset} first (unlabeled "
                            f"images are preprocessed with the labeled dataset's plans).")
-    try:
-        plans = load_json(plans_file)
-        available = list(plans["configurations"])
-    except (ValueError, KeyError, TypeError) as e:  # ValueError: not JSON; KeyError, TypeError: not plans
-        raise DinoMixError(f"{plans_file} is not an nnU-Net plans file ({type(e).__name__}: {e}). Write it again "
-                           f"with nnUNetv2_plan_and_preprocess -d {dataset} (or nnUNetv2_plan_experiment) and "
-                           f"rerun.") from e
+    plans = paths.load_plans(plans_file, dataset)
+    available = list(plans["configurations"])
     if configuration not in available:
         raise DinoMixError(f"Configuration '{configuration}' is not in {plans_file}. Available: "
                            f"{', '.join(available)}.")

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from support import run_cli
+from nnunet_dinomix.cli import doctor
 from nnunet_dinomix.errors import DinoMixError
 from nnunet_dinomix.cli.preprocess_unlabeled import main as cli_main
 from nnunet_dinomix.unlabeled.pool import open_pool
@@ -196,6 +197,8 @@ def test_unknown_dataset_configuration_and_unplanned_dataset(scratch, capsys):
             f.write(broken)
         with pytest.raises(DinoMixError, match="is not an nnU-Net plans file.*nnUNetv2_plan_and_preprocess"):
             preprocess_unlabeled(scratch["id"], verbose=False)
+        checks = doctor.check_dataset(scratch["id"], "3d_fullres", "nnUNetPlans")  # dinomix_doctor says so too
+        assert [c.status for c in checks] == [doctor.FAIL] and "nnUNetv2_plan_and_preprocess" in checks[0].detail
     os.remove(plans_file)
     with pytest.raises(DinoMixError, match="Run nnUNetv2_plan_and_preprocess"):
         preprocess_unlabeled(scratch["id"], verbose=False)
