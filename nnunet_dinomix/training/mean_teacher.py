@@ -88,7 +88,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         # with a mixer, L_sup's per-sample Dice counts each sample by its share of ground-truth voxels: an unlabeled
         # sample holds ground truth only in a pasted box, where most classes are absent, and a uniform mean over the
         # samples would halve the labeled samples' Dice gradient against plain nnU-Net (ssl/losses.py). On by
-        # default since 2026-12-07: +1.7 over three seeds against plain nnU-Net (benchmarks/results/README.md)
+        # default since 2026-12-07: +1.7 over three seeds against plain nnU-Net without left-right mirroring
+        # (benchmarks/results/README.md, Result 7)
         self.sup_dice_weigh_samples = True
         self.student_noise_std = 0.1  # on nnU-Net's normalised intensities
         # True: the student sees a strong intensity view of the teacher's unlabeled crop (FixMatch's weak-to-strong
