@@ -7,11 +7,15 @@ unlabeled loss (not under DistDW, which weighs it 0) it teaches the student to e
 unlabeled batches exactly as training does (the pool's diagnostics truth comes along), runs the checkpoint's teacher,
 and for candidate rules that withhold background trust near closed classes reports:
 
-* ``leak``: per closed class, the share of its true voxels still trusted as background (lower is better);
+* ``leak``: per foreground class, closed or open, the share of its true voxels still trusted as background (lower
+  is better);
 * ``bg lost``: the share of true-background voxels the rule stops trusting (the supervision it costs);
-* ``open lost``: the share of true voxels of open classes it stops trusting.
+* ``open lost``: the share of true voxels of open classes it stops trusting (whatever the teacher calls them).
 
-Rules: ``gate`` is today's gate (background untrusted where a closed class is the runner-up); ``mass>=t``
+Rules: ``recipe`` is the checkpoint's own pseudo-labeller (its confidence rule and class gate, as in training);
+``recipe+bg>=t`` also withholds background where the teacher's background probability is below ``t`` (for an
+*open* class the teacher is unsure of: a confident-enough background on its voxels passes the confidence cap);
+``gate`` is today's gate (background untrusted where a closed class is the runner-up); ``mass>=t``
 additionally withholds background where the teacher's summed probability of the closed classes reaches ``t``;
 ``margin r`` withholds background within ``r`` voxels of any voxel the teacher labels with a closed class.
 Diagnostics only; nothing is trained or written::
@@ -33,20 +37,24 @@ from checkpoint_probe import add_arguments, trainer_at_checkpoint  # noqa: E402 
 
 MASS_THRESHOLDS = (0.01, 0.03, 0.1)
 MARGINS = (1, 2, 4)
+BACKGROUND_THRESHOLDS = (0.95, 0.99, 0.999)
 
 
-def rule_masks(probs, labels, reliable) -> Dict[str, "torch.Tensor"]:
+def rule_masks(probs, labels, reliable, recipe) -> Dict[str, "torch.Tensor"]:
     """Name -> (B, 1, *spatial) bool: where each rule trusts the teacher's label (background rules only; a closed
-    class's own voxels are untrusted under every rule, as under the gate)."""
+    class's own voxels are untrusted under every rule, as under the gate). ``recipe``: the trainer's own mask."""
     import torch.nn.functional as F
 
     from nnunet_dinomix.ssl.pseudo import gate_mask
 
+    rules = {"recipe": recipe}
+    background = labels == 0
+    for t in BACKGROUND_THRESHOLDS:
+        rules[f"recipe+bg>={t}"] = recipe & ~(background & (probs[:, :1] < t))
     gate = gate_mask(probs, labels, reliable) > 0
     closed = ~reliable
     closed_mass = (probs * closed.to(probs.dtype).view(1, -1, *([1] * (probs.dim() - 2)))).sum(1, keepdim=True)
-    background = labels == 0
-    rules = {"gate": gate}
+    rules["gate"] = gate
     for t in MASS_THRESHOLDS:
         rules[f"mass>={t}"] = gate & ~(background & (closed_mass >= t))
     closed_voxels = closed[labels].float()
@@ -74,25 +82,27 @@ def probe(trainer, batches: int) -> Tuple[List[str], Dict[str, Dict[str, float]]
         if truth is None:
             raise SystemExit("the unlabeled pool has no diagnostics truth (labelsUnlabeled)")
         with torch.no_grad():
-            probs = torch.softmax(as_list(trainer.ema_teacher(x_u))[0].float(), 1)
+            logits = as_list(trainer.ema_teacher(x_u))[0].float()
+            recipe = trainer.pseudo_labeller(logits).mask > 0
+        probs = torch.softmax(logits, 1)
         labels = probs.argmax(1, keepdim=True)
         truth = truth.reshape(labels.shape).long()
         totals += torch.bincount(truth[truth >= 0].reshape(-1), minlength=k)[:k].double()
-        for name, trusted in rule_masks(probs, labels, reliable.to(labels.device)).items():
+        for name, trusted in rule_masks(probs, labels, reliable.to(labels.device), recipe).items():
             row = counts.setdefault(name, {})
             for c in range(k):
                 on_c = truth == c
-                if c in closed:  # leak: true voxels of c trusted as background
-                    key, hit = names[c], trusted & on_c & (labels == 0)
-                else:  # supervision lost on a class the rule should keep
-                    key, hit = ("bg lost" if c == 0 else "open lost"), ~trusted & on_c
-                row[key] = row.get(key, 0.0) + float(hit.sum())
-    denominators = {names[c]: float(totals[c]) for c in closed}
+                if c > 0:  # leak: true voxels of c trusted as background
+                    row[names[c]] = row.get(names[c], 0.0) + float((trusted & on_c & (labels == 0)).sum())
+                if c not in closed:  # supervision lost on a class the rule should keep
+                    key = "bg lost" if c == 0 else "open lost"
+                    row[key] = row.get(key, 0.0) + float((~trusted & on_c).sum())
+    denominators = {names[c]: float(totals[c]) for c in range(1, k)}
     denominators["bg lost"] = float(totals[0])
     denominators["open lost"] = float(sum(totals[c] for c in range(1, k) if c not in closed))
     table = {name: {key: value / max(1.0, denominators[key]) for key, value in row.items()}
              for name, row in counts.items()}
-    return [names[c] for c in closed], table
+    return names[1:], [names[c] for c in closed], table
 
 
 def main(argv=None) -> int:
@@ -100,10 +110,10 @@ def main(argv=None) -> int:
     add_arguments(p, trainer="nnUNetTrainerDinoMixNoFKDBudget", settings='{"class_gate_dice": 0.8}', batches=16)
     args = p.parse_args(argv)
     with trainer_at_checkpoint(args, "background_trust_probe") as trainer:
-        closed, table = probe(trainer, args.batches)
+        classes, closed, table = probe(trainer, args.batches)
     print(f"checkpoint: {args.checkpoint} (epoch {trainer.current_epoch}); {args.batches} unlabeled batches; "
           f"closed: {', '.join(closed) or 'none'}")
-    keys = closed + ["bg lost", "open lost"]
+    keys = classes + ["bg lost", "open lost"]
     print("| rule | " + " | ".join(f"{k} %" for k in keys) + " |")
     print("|---|" + "---:|" * len(keys))
     for name, row in table.items():

@@ -252,6 +252,12 @@ def train_command(dataset: int, trainer: str, threads: int, tier: Tier) -> List[
             "-tr", trainer, "-p", tier.plans, "-device", tier.device]
 
 
+def anchor_run(reference: Run) -> Run:
+    """The offline-PL anchor of a reference: its trainer with its settings (a reference without left-right
+    mirroring gets an anchor without it), resumed from its snapshot on the pseudo-labelled dataset."""
+    return Run(ANCHOR, reference.trainer, reference.settings, ANCHOR_DATASET, reference.seed, start_from=reference)
+
+
 def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[str, str], logs: str,
                        tag: str, threads: int, tier: Tier) -> dict:
     """FLARE22-style offline pseudo-labelling at the same total steps, paired as the semi-supervised runs are: the
@@ -266,8 +272,7 @@ def _offline_pl_anchor(run: Run, work: str, env: Dict[str, str], run_env: Dict[s
     ref = run.start_from
     ref_results = results_folder(work, ref)
     # the anchor's own results (dataset ANCHOR_DATASET) sit beside the reference's model
-    anchor_env = dict(run_env, nnUNet_results=ref_results)
-    anchor_env.pop("DINOMIX_TRAINER_SETTINGS", None)
+    anchor_env = dict(run_env, nnUNet_results=ref_results)  # the reference's settings too (anchor_run)
     start = time.time()
     run_command([exe("dinomix_offline_pl"), "-d", str(DATASET), "-p", tier.plans, "-c", demo.CONFIGURATION,
                 "-tr", ref.trainer, "-f", "all", "-chk", os.path.basename(snapshot), "--target_id",
@@ -511,15 +516,14 @@ def main(argv=None) -> int:
         if args.shared_burn_in:
             ref = seed_runs[0]
             ref.snapshot_epoch = epochs // 2
-            if len(specs) > 1:  # trainers to pair: the reference resumed from its own snapshot is their pair
+            if len(specs) > 1 or args.anchor:  # runs to pair: the reference resumed from its snapshot is their pair
                 seed_runs.insert(1, Run(RESUMED, ref.trainer, ref.settings, DATASET, seed))
                 if args.reference_from:
                     seed_runs[1].reused = reused_record(os.path.abspath(args.reference_from), RESUMED, seed)
             for r in seed_runs[1:]:
                 r.start_from = ref
             if args.anchor:
-                seed_runs.append(Run(ANCHOR, seed_runs[0].trainer, None, ANCHOR_DATASET, seed,
-                                     start_from=seed_runs[0]))
+                seed_runs.append(anchor_run(seed_runs[0]))
         runs += seed_runs
         if upper:
             runs.append(Run(UPPER, "nnUNetTrainerBudget", None, FULL_DATASET, seed))

@@ -103,3 +103,15 @@ def test_the_tier_trains_the_plans_its_preset_derives():
     assert (gpu.plans, gpu.preset) == ("nnUNetPlans", None)
     with pytest.raises(SystemExit):
         ssl_quality.main(["--preset", preset, "--plans", "nnUNetPlans", "--name", "refused"])
+
+
+def test_the_anchor_trains_with_its_references_settings():
+    # an anchor with nnU-Net's default mirroring beside a reference without left-right mirroring would pair two
+    # protocols (benchmarks/results/README.md, 2026-12-07)
+    reference = ssl_quality.Run("plain", "nnUNetTrainerBudget", '{"only_mirror_axes": [0, 1]}',
+                                ssl_quality.DATASET, 3)
+    anchor = ssl_quality.anchor_run(reference)
+    assert (anchor.label, anchor.trainer, anchor.settings) == (ssl_quality.ANCHOR, "nnUNetTrainerBudget",
+                                                               '{"only_mirror_axes": [0, 1]}')
+    assert (anchor.dataset, anchor.seed, anchor.start_from) == (ssl_quality.ANCHOR_DATASET, 3, reference)
+    assert ssl_quality.anchor_run(ssl_quality.Run("plain", "nnUNetTrainerBudget", None, 990, 1)).settings is None
