@@ -46,6 +46,14 @@ def mean_intensities(dataset: str, images: str, labels: str, value: int, ending:
     return out
 
 
+def cell(score: float, pair: Optional[float] = None) -> str:
+    if np.isnan(score):
+        return "-"  # the class is in neither the truth nor the prediction
+    if pair is None or np.isnan(pair):
+        return f"{score:.1f}"
+    return f"{score:.1f} ({score - pair:+.1f})"
+
+
 def table(dataset: str, predictions: List[str], name: str, value: int, ending: str) -> str:
     test = mean_intensities(dataset, "imagesTs", "labelsTs", value, ending)
     labeled = mean_intensities(dataset, "imagesTr", "labelsTr", value, ending)
@@ -56,7 +64,7 @@ def table(dataset: str, predictions: List[str], name: str, value: int, ending: s
     for case, intensity in test.items():
         truth = read(os.path.join(dataset, "labelsTs", case + ending))
         scores = [dice(read(os.path.join(p, case + ending)), truth, value) for p in predictions]
-        cells = [f"{scores[0]:.1f}"] + [f"{s:.1f} ({s - scores[0]:+.1f})" for s in scores[1:]]
+        cells = [cell(scores[0])] + [cell(s, scores[0]) for s in scores[1:]]
         lines.append(f"| {case} | {'-' if intensity is None else f'{intensity:.0f}'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
