@@ -8,7 +8,8 @@ to ``None``). One iteration, as in docs/method.md:
 1. ``teacher_pseudo_labels``: the EMA teacher predicts the clean unlabeled batch; the ``pseudo_labeller`` turns
    that into arg-max pseudo-labels and a trust mask (its confidence rule);
 2. ``mix``: labeled samples and the student's view of the unlabeled ones (``student_view``: the ``spatial_view``
-   moving image and pseudo-labels, the ``strong_view``, clipped noise) become one :class:`MixBatch` whose voxels
+   moving image and pseudo-labels, the ``region_shift`` of each pseudo-labelled structure's intensity, the
+   ``strong_view``, clipped noise) become one :class:`MixBatch` whose voxels
    know whether they carry ground truth or a pseudo-label; the ``mixer`` (PIC, or ``None``) pastes boxes between
    them;
 3. ``student_forward`` on the batch, then ``segmentation_losses``: ``L_sup`` (nnU-Net's Dice + CE with deep
@@ -38,6 +39,7 @@ from nnunet_dinomix.ssl.perturb import clipped_gaussian_noise
 from nnunet_dinomix.ssl.pseudo import (ClassBalance, PseudoLabeller, PseudoLabels, class_reliability,
                                        pseudo_label_quality, reliable_classes)
 from nnunet_dinomix.ssl.schedules import sigmoid_rampup
+from nnunet_dinomix.ssl.region_shift import RegionIntensityShift, RegionShiftSettings
 from nnunet_dinomix.ssl.strong_view import SpatialView, StrongView
 from nnunet_dinomix.training.semi_supervised import as_list, nnUNetTrainerSemiSupervised
 
@@ -98,6 +100,10 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         # True: the student's view is also rotated in-plane and zoomed, the pseudo-labels moved along
         # (ssl/strong_view.py: SpatialView); the teacher still sees nnU-Net's crop
         self.student_spatial_view = False
+        # a number s: in the student's view, each region the teacher labels with a foreground class is shifted in
+        # intensity on its own draw, uniform in [-s, s] normalised units, with probability 0.5 per class
+        # (ssl/region_shift.py); None: off
+        self.student_region_shift: Optional[float] = None
         # a supervised nnU-Net checkpoint of this dataset to start from (burn-in skipped); None: the
         # -pretrained_weights of nnUNetv2_train's command line, if given
         self.pretrained_weights: Optional[str] = None
@@ -107,6 +113,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         self.class_balance: Optional[ClassBalance] = None
         self.strong_view: Optional[StrongView] = None
         self.spatial_view: Optional[SpatialView] = None
+        self.region_shift: Optional[RegionIntensityShift] = None
         self.mixer = None  # e.g. PICMixer: MixBatch, progress -> MixBatch, with state_dict()
 
     # ------------------------------------------------------------------ the algorithm
@@ -158,11 +165,15 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             if self.spatial_view is not None:
                 x_u, *moved = self.spatial_view(x_u, pseudo.labels, pseudo.confidence, pseudo.mask)
                 pseudo = PseudoLabels(*moved)
+            if self.region_shift is not None:
+                x_u = self.region_shift(x_u, pseudo.labels)
             view = x_u if self.strong_view is None else self.strong_view(x_u)
             return clipped_gaussian_noise(view, self.student_noise_std), pseudo
 
     def student_view_name(self) -> str:
-        parts = [name for name, part in (("spatial", self.spatial_view), ("strong", self.strong_view)) if part]
+        shift = f"region shift {self.student_region_shift}" if self.region_shift is not None else None
+        parts = [name for name, part in (("spatial", self.spatial_view), (shift, self.region_shift),
+                                         ("strong", self.strong_view)) if part]
         return " + ".join(parts + [f"noise {self.student_noise_std}"])
 
     def student_forward(self, x: torch.Tensor):
@@ -273,6 +284,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             raise DinoMixError(f"unknown unsup_class_weighting {self.unsup_class_weighting!r}; use None or 'distdw'")
         self.strong_view = StrongView() if self.student_strong_view else None
         self.spatial_view = SpatialView() if self.student_spatial_view else None
+        self.region_shift = RegionIntensityShift(num_classes, RegionShiftSettings(self.student_region_shift)) \
+            if self.student_region_shift else None
         self.mixer = self.build_mixer()
 
     def build_mixer(self):

@@ -104,12 +104,14 @@ def test_a_marginal_background_without_the_class_gate_is_refused(phantom_with_po
 
 
 def test_the_student_views_perturb_only_the_students_unlabeled_samples(phantom_with_pool):
+    from nnunet_dinomix.ssl.region_shift import RegionIntensityShift
     from nnunet_dinomix.ssl.strong_view import SpatialView, StrongView
     with started_trainer("nnUNetTrainerMeanTeacher", student_noise_std=0.0, burn_in_steps=0) as t:
         x_u = t.unlabeled_batch()
         pseudo = t.teacher_pseudo_labels(x_u)
         view, moved = t.student_view(x_u, pseudo)  # the default: the same crop (and the noise, here 0)
-        assert t.strong_view is None and t.spatial_view is None and torch.equal(view, x_u) and moved is pseudo
+        assert t.strong_view is None and t.spatial_view is None and t.region_shift is None
+        assert torch.equal(view, x_u) and moved is pseudo
     with started_trainer("nnUNetTrainerMeanTeacher", student_noise_std=0.0, student_strong_view=True,
                          burn_in_steps=0) as t:
         assert isinstance(t.strong_view, StrongView) and t.spatial_view is None
@@ -127,6 +129,19 @@ def test_the_student_views_perturb_only_the_students_unlabeled_samples(phantom_w
         assert set(mixed.label[b:].unique().tolist()) <= set(pseudo.labels.unique().tolist())  # nearest: no new class
         out = t.train_step(next(t.dataloader_train))
         assert torch.isfinite(torch.as_tensor(out["train_loss_unsup"])) and out["unsup_weight"] >= 0
+    with started_trainer("nnUNetTrainerMeanTeacher", student_noise_std=0.0, student_region_shift=1.0,
+                         burn_in_steps=0) as t:
+        assert isinstance(t.region_shift, RegionIntensityShift) and "region shift 1.0" in t.student_view_name()
+        x_u = t.unlabeled_batch()
+        pseudo = t.teacher_pseudo_labels(x_u)
+        pseudo = pseudo._replace(labels=torch.ones_like(pseudo.labels))  # one foreground class everywhere
+        t.region_shift.settings.p_per_class = 1.0
+        view, same = t.student_view(x_u, pseudo)
+        assert same is pseudo  # no voxel moved
+        shift = view - x_u  # one offset per sample and channel, the same on every voxel
+        assert float(shift.abs().amin()) > 0 and float((shift - shift.flatten(2)[..., :1, None, None]).abs().max()) \
+            < 1e-5
+        assert float(shift.abs().max()) <= 1.0 + 1e-6
 
 
 def _confident_everywhere(t, cls: int) -> None:

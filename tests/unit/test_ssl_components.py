@@ -303,3 +303,33 @@ def test_spatial_view_is_rigid_in_voxels_and_moves_labels_with_the_image():
     assert bool((identity[3] == 1).all())
     zoomed_out = SpatialView(SpatialViewSettings(0.0, (0.7, 0.7)))(x, labels, conf, mask)[3]
     assert float(zoomed_out[:, :, :, 0].max()) == 0 and float(zoomed_out[:, :, 1:-1, h // 2, w // 2].min()) == 1
+
+
+def test_region_shift_changes_the_order_of_structures_but_not_background_or_classes_not_drawn():
+    from nnunet_dinomix.ssl.region_shift import RegionIntensityShift, RegionShiftSettings
+
+    labels = torch.zeros(2, 1, 8, 12, 12, dtype=torch.long)
+    labels[:, :, 1:7, 1:5, 1:5] = 1
+    labels[:, :, 1:7, 6:11, 6:11] = 2
+    x = torch.where(labels == 1, 1.0, torch.where(labels == 2, 2.0, 0.0)).float().repeat(1, 2, 1, 1, 1)
+    shift = RegionIntensityShift(3, RegionShiftSettings(shift=1.5, p_per_class=1.0))
+    offsets = torch.tensor([[[0.0, 1.4, -1.2], [0.0, -0.5, 0.3]],  # sample 0: class 1 above class 2 in channel 0
+                            [[0.0, 0.0, 0.7], [0.0, 0.0, 0.0]]])  # sample 1: class 1 not drawn
+    y = shift.apply(x, labels, offsets)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    core1 = (slice(2, 6), slice(2, 4), slice(2, 4))  # inside class 1, beyond the 3-voxel smoothing of its edge
+    core2 = (slice(2, 6), slice(7, 10), slice(7, 10))
+    assert torch.allclose(y[0, 0][core1], torch.tensor(2.4)) and torch.allclose(y[0, 0][core2], torch.tensor(0.8))
+    assert torch.allclose(y[0, 1][core1], torch.tensor(0.5))  # each channel its own offset
+    assert torch.equal(y[1, :][(slice(None),) + core1], x[1, :][(slice(None),) + core1])  # class not drawn
+    assert torch.allclose(y[1, 0][core2], torch.tensor(2.7))
+    # background away from both regions keeps its value; beside a region the step is smoothed over 3 voxels
+    assert torch.equal(y[..., 0:3, 8:12], x[..., 0:3, 8:12])
+    assert abs(float(y[0, 0, 3, 5, 2]) - 1.4 / 3) < 1e-5  # one of the box's three rows is class 1
+    # drawn: background never, each class with p_per_class, within [-shift, shift]
+    torch.manual_seed(0)
+    drawn = RegionIntensityShift(3, RegionShiftSettings(shift=0.5, p_per_class=0.5)).get_parameters(2000, 1)
+    assert bool((drawn[..., 0] == 0).all()) and float(drawn.abs().max()) <= 0.5
+    assert 0.4 < float((drawn[..., 1:] != 0).float().mean()) < 0.6
+    with pytest.raises(ValueError):
+        RegionIntensityShift(3, RegionShiftSettings(shift=-1.0))
