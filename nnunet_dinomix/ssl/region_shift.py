@@ -12,9 +12,10 @@ own, drawn per sample, channel and class, uniform in ``[-shift, shift]`` (in nnU
 foreground standard deviations), for each class with probability ``p_per_class``. The student must still call the
 region c, whatever its intensity relative to its neighbours. Background and classes not drawn keep their
 intensities. The offset map is smoothed over a 3-voxel box, so the step it makes at the pseudo-label's boundary is
-no sharper than an organ's own edge. No voxel moves, so the pseudo-labels stay valid voxel for voxel. Following batchgeneratorsv2's split, ``get_parameters`` draws and ``apply`` shifts.
-Draws come from the global torch generator on the CPU, also for CUDA tensors, so a caller's
-:class:`~nnunet_dinomix.random_stream.RandomStream` makes them reproducible.
+no sharper than an organ's own edge. No voxel moves, so the pseudo-labels stay valid voxel for voxel. Following
+batchgeneratorsv2's split, ``get_parameters`` draws and ``apply`` shifts. Draws come from the global torch
+generator on the CPU, also for CUDA tensors, so a caller's :class:`~nnunet_dinomix.random_stream.RandomStream`
+makes them reproducible.
 """
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ from nnunet_dinomix.ssl.losses import deep_supervision_sum, masked_dice_ce, unla
 from nnunet_dinomix.ssl.perturb import clipped_gaussian_noise
 from nnunet_dinomix.ssl.pseudo import (ClassBalance, PseudoLabeller, PseudoLabels, class_reliability,
                                        pseudo_label_quality, reliable_classes)
-from nnunet_dinomix.ssl.schedules import sigmoid_rampup
 from nnunet_dinomix.ssl.region_shift import RegionIntensityShift, RegionShiftSettings
+from nnunet_dinomix.ssl.schedules import sigmoid_rampup
 from nnunet_dinomix.ssl.strong_view import SpatialView, StrongView
 from nnunet_dinomix.training.semi_supervised import as_list, nnUNetTrainerSemiSupervised
 
