@@ -17,7 +17,7 @@ import argparse
 import glob
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,16 +34,17 @@ def dice(prediction: np.ndarray, truth: np.ndarray, value: int) -> float:
     return float("nan") if total == 0 else 200.0 * float((p & t).sum()) / total
 
 
-def mean_intensities(dataset: str, images: str, labels: str, value: int, ending: str) -> Dict[str, Optional[float]]:
-    """Case -> the mean of channel 0 over the class's voxels (None where the case has no such voxel)."""
-    out: Dict[str, Optional[float]] = {}
+def cases(dataset: str, images: str, labels: str, ending: str) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+    """(case, channel 0 image, label map) for every label file of a split, each file read once."""
     for path in sorted(glob.glob(os.path.join(dataset, labels, f"*{ending}"))):
         case = os.path.basename(path)[:-len(ending)]
-        truth = read(path)
-        mask = truth == value
-        out[case] = float(read(os.path.join(dataset, images, f"{case}_0000{ending}"))[mask].mean()) if mask.any() \
-            else None
-    return out
+        yield case, read(os.path.join(dataset, images, f"{case}_0000{ending}")), read(path)
+
+
+def mean_intensity(image: np.ndarray, truth: np.ndarray, value: int) -> Optional[float]:
+    """The image's mean over the class's voxels; None where the case has none."""
+    mask = truth == value
+    return float(image[mask].mean()) if mask.any() else None
 
 
 def cell(score: float, pair: Optional[float] = None) -> str:
@@ -55,14 +56,14 @@ def cell(score: float, pair: Optional[float] = None) -> str:
 
 
 def table(dataset: str, predictions: List[str], name: str, value: int, ending: str) -> str:
-    test = mean_intensities(dataset, "imagesTs", "labelsTs", value, ending)
-    labeled = mean_intensities(dataset, "imagesTr", "labelsTr", value, ending)
-    shown = ", ".join(f"{v:.0f}" for v in labeled.values() if v is not None) or "absent"
+    labeled = [mean_intensity(image, truth, value)
+               for _, image, truth in cases(dataset, "imagesTr", "labelsTr", ending)]
+    shown = ", ".join(f"{v:.0f}" for v in labeled if v is not None) or "absent"
     models = [os.path.basename(os.path.normpath(p)) for p in predictions]
     lines = [f"{name} (labeled cases' mean intensity: {shown})", "",
              "| test case | intensity | " + " | ".join(models) + " |", "|---|---:|" + "---:|" * len(models)]
-    for case, intensity in test.items():
-        truth = read(os.path.join(dataset, "labelsTs", case + ending))
+    for case, image, truth in cases(dataset, "imagesTs", "labelsTs", ending):
+        intensity = mean_intensity(image, truth, value)
         scores = [dice(read(os.path.join(p, case + ending)), truth, value) for p in predictions]
         cells = [cell(scores[0])] + [cell(s, scores[0]) for s in scores[1:]]
         lines.append(f"| {case} | {'-' if intensity is None else f'{intensity:.0f}'} | " + " | ".join(cells) + " |")

@@ -171,8 +171,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             return clipped_gaussian_noise(view, self.student_noise_std), pseudo
 
     def student_view_name(self) -> str:
-        shift = f"region shift {self.student_region_shift}" if self.region_shift is not None else None
-        parts = [name for name, part in (("spatial", self.spatial_view), (shift, self.region_shift),
+        parts = [name for name, part in (("spatial", self.spatial_view),
+                                         (f"region shift {self.student_region_shift}", self.region_shift),
                                          ("strong", self.strong_view)) if part]
         return " + ".join(parts + [f"noise {self.student_noise_std}"])
 
