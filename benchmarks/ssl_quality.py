@@ -722,7 +722,7 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
               f"- date: {date.today().isoformat()}",
               f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {machine_accelerator(tier)}; "
               f"{args.jobs} runs side by side with {threads} thread(s) each"
-              + ("; a reference fewer than that trains alone first, on all the cores"
+              + ("; references fewer than that train first, alone, on all the cores"
                  if args.shared_burn_in and not args.reference_from else ""),
               f"- command: `{command}`",
               f"- data: per seed a fresh '{args.phantom}' phantom ({split.n_labeled} labeled that show every class "
