@@ -39,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -412,7 +412,8 @@ def main(argv=None) -> int:
     p.add_argument("--first-seed-only", nargs="*", default=[], metavar="LABEL",
                    help=f"trainers run on the first seed only (diagnostic recipes; '{UPPER}' for the bound)")
     p.add_argument("--jobs", type=int, default=2,
-                   help="runs side by side; each gets cores // jobs torch threads, so when several harnesses run at "
+                   help="runs side by side; each gets cores // jobs torch threads (with --shared-burn-in, references "
+                        "fewer than this train alone first, sharing all the cores), so when several harnesses run at "
                         "once, give each the total number of runs (two harnesses of one run each on 2 cores with "
                         "--jobs 1 oversubscribe the cores and train at half speed)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
@@ -490,7 +491,6 @@ def main(argv=None) -> int:
         raise SystemExit(f"{work} exists; remove it or pass --work")
     config, split = phantom(args)
     specs = [parse_trainer(t) for t in args.trainers]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     tier = tier_of(args)
     epochs = args.steps // args.iterations
     if args.shared_burn_in and epochs % 2:
@@ -528,10 +528,32 @@ def main(argv=None) -> int:
         if upper:
             runs.append(Run(UPPER, "nnUNetTrainerBudget", None, FULL_DATASET, seed))
     records = []
-    runs.sort(key=lambda r: r.start_from is not None)  # references first: a waiting run never blocks its own
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+    for stage, stage_jobs in stages(runs, args.jobs):
+        stage_threads = max(1, (os.cpu_count() or 1) // stage_jobs)
+        run_stage(records, stage, stage_jobs, stage_threads, work, envs, epochs, args.iterations, tier)
+    return write_result(args, argv, work, records, start)
+
+
+def stages(runs: List[Run], jobs: int) -> List[Tuple[List[Run], int]]:
+    """The runs in the order they train, as ``(runs, side by side)`` stages. A run that starts from a reference's
+    snapshot holds its worker idle until the snapshot exists, so where the references that train are fewer than
+    the workers, they first train alone, sharing all the cores between them, and the rest follow."""
+    runs = sorted(runs, key=lambda r: r.start_from is not None)  # references first: a waiting run never blocks
+    first = [r for r in runs if r.start_from is None]
+    later = [r for r in runs if r.start_from is not None]
+    training = [r for r in first if r.reused is None]
+    if later and training and len(training) < jobs:
+        return [(first, len(training)), (later, jobs)]
+    return [(runs, jobs)]
+
+
+def run_stage(records: List[dict], runs: List[Run], jobs: int, threads: int, work: str,
+              envs: Dict[int, Dict[str, str]], epochs: int, iterations: int, tier: Tier) -> None:
+    """Train, predict and score ``runs``, ``jobs`` side by side with ``threads`` torch threads each, adding each
+    record to ``records`` (and to the work folder's records.json) as it comes."""
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(train_and_score, r, os.path.join(work, f"seed_{r.seed}"), envs[r.seed], epochs,
-                               args.iterations, threads, tier): r for r in runs}
+                               iterations, threads, tier): r for r in runs}
         for future in concurrent.futures.as_completed(futures):
             try:
                 r = future.result()
@@ -548,8 +570,6 @@ def main(argv=None) -> int:
                   f"{r['train_s'] / 60:.1f} min", flush=True)
             with open(os.path.join(work, "records.json"), "w") as f:
                 json.dump(records, f, indent=1)
-
-    return write_result(args, argv, work, records, start)
 
 
 def reused_record(source: str, label: str, seed: int) -> Optional[dict]:
@@ -701,7 +721,9 @@ def write_result(args, argv, work: str, records: List[dict], start: float) -> in
     header = [f"# Semi-supervised quality on held-out phantom cases: {args.name}", "",
               f"- date: {date.today().isoformat()}",
               f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {machine_accelerator(tier)}; "
-              f"{args.jobs} runs side by side with {threads} thread(s) each",
+              f"{args.jobs} runs side by side with {threads} thread(s) each"
+              + ("; references fewer than that train first, alone, on all the cores"
+                 if args.shared_burn_in and not args.reference_from else ""),
               f"- command: `{command}`",
               f"- data: per seed a fresh '{args.phantom}' phantom ({split.n_labeled} labeled that show every class "
               f"together, {split.n_unlabeled} unlabeled, {split.n_test} test cases, shape {config.shape}); "

@@ -16,6 +16,10 @@ no sharper than an organ's own edge. No voxel moves, so the pseudo-labels stay v
 batchgeneratorsv2's split, ``get_parameters`` draws and ``apply`` shifts. Draws come from the global torch
 generator on the CPU, also for CUDA tensors, so a caller's :class:`~nnunet_dinomix.random_stream.RandomStream`
 makes them reproducible.
+
+The same shift on the labeled samples, with their ground truth in place of pseudo-labels, is a supervised
+augmentation (the benchmark setting ``labeled_region_shift`` of the Budget trainers, training/budget.py): it
+teaches the labeled fit itself, and so the teacher, that an organ keeps its name at another intensity.
 """
 from __future__ import annotations
 
@@ -50,9 +54,11 @@ class RegionIntensityShift:
     @staticmethod
     def apply(x: torch.Tensor, labels: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, *spatial) with each voxel shifted by its label's offset (``labels`` (B, 1, *spatial) int),
-        the offset map box-smoothed over 3 voxels per axis; a new tensor."""
+        the offset map box-smoothed over 3 voxels per axis; a new tensor. Label values without an offset (nnU-Net's
+        -1 padding, an ignore label) count as background."""
         b, c = x.shape[:2]
-        flat = labels.reshape(b, 1, -1).long().expand(b, c, -1)
+        flat = labels.reshape(b, 1, -1).long()
+        flat = flat.where((flat >= 0) & (flat < offsets.shape[-1]), 0).expand(b, c, -1)
         shift = offsets.to(x.device, torch.float32).gather(2, flat).reshape(x.shape)
         pool = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}[x.dim()]
         shift = pool(shift, 3, stride=1, padding=1, count_include_pad=False)

@@ -29,6 +29,12 @@ result moves with the luck of the batches alone, the noise floor of a paired dif
 given spatial axes of nnU-Net's mirroring, in training and at test time, as nnU-Net's ``nnUNetTrainer_onlyMirror01``
 does with ``[0, 1]`` for datasets with left and right labels; a benchmark can then pair every trainer under it.
 
+``labeled_region_shift`` (settable through ``DINOMIX_TRAINER_SETTINGS``; default None, off) shifts, before each
+training step, the intensity of every ground-truth structure of the labeled samples by an offset of its own, uniform
+in ``[-s, s]`` normalised units (:mod:`nnunet_dinomix.ssl.region_shift`), drawn from a private stream so that the
+batches stay those of ``DINOMIX_SEED``. A benchmark setting: plain nnU-Net takes it as well, which separates what the
+augmentation gives from what the unlabeled images give.
+
 ``snapshot_epochs`` (settable through ``DINOMIX_TRAINER_SETTINGS``) keeps ``checkpoint_epoch_<E>.pth`` after epoch
 ``E``, resumable with ``--c`` like nnU-Net's own ``checkpoint_latest.pth``.
 
@@ -40,12 +46,15 @@ import dataclasses
 import json
 import os
 import random
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_dinomix.errors import DinoMixError
+from nnunet_dinomix.random_stream import RandomStream
+from nnunet_dinomix.ssl.region_shift import RegionIntensityShift, RegionShiftSettings
 from nnunet_dinomix.training.registry import TRAINERS
 
 _ENV = {
@@ -108,6 +117,26 @@ def apply_budget_from_env(trainer) -> None:
                               f"iterations ({trainer.num_val_iterations_per_epoch} validation iterations per epoch)")
 
 
+def labeled_region_shift(trainer) -> Tuple[RegionIntensityShift, RandomStream]:
+    """The shift of ``trainer.labeled_region_shift`` and its private stream (seeded like the batches: from
+    ``DINOMIX_SEED``, the DDP rank and ``random_stream``)."""
+    if trainer.label_manager.has_regions:
+        raise DinoMixError(f"labeled_region_shift shifts the structures of a label map; {type(trainer).__name__} "
+                           f"trains on regions here. Leave labeled_region_shift unset for region-based datasets.")
+    shift = RegionIntensityShift(trainer.label_manager.num_segmentation_heads,
+                                 RegionShiftSettings(float(trainer.labeled_region_shift)))
+    stream = trainer.local_rank + 1000 * int(trainer.random_stream)
+    return shift, RandomStream(stream_seed((trainer.budget_seed or 0) + 3, stream))
+
+
+def shift_labeled_batch(batch: dict, shift: RegionIntensityShift, stream: RandomStream) -> dict:
+    """``batch`` with its images shifted by their full-resolution ground truth (nnU-Net's first target)."""
+    target = batch["target"]
+    labels = target[0] if isinstance(target, (list, tuple)) else target
+    with stream.active():
+        return dict(batch, data=shift(batch["data"], labels))
+
+
 def _with_budget(parent: type) -> type:
     """``<parent>Budget``: ``parent`` with the training length from the environment. Defined at module level under
     its own name, so it pickles and nnU-Net finds it by name like any other trainer."""
@@ -123,6 +152,9 @@ def _with_budget(parent: type) -> type:
         self.random_stream = 0
         # None: nnU-Net's mirror axes; a tuple: only those of them, in training and at test time
         self.only_mirror_axes: Optional[tuple] = None
+        # None: off; a float: the labeled samples' ground-truth structures shifted in intensity (see the docstring)
+        self.labeled_region_shift: Optional[float] = None
+        self.labeled_shift: Optional[Tuple[RegionIntensityShift, RandomStream]] = None
         apply_budget_from_env(self)
         self.budget_seed = seed_from_env()
         if self.budget_seed is not None:
@@ -141,6 +173,16 @@ def _with_budget(parent: type) -> type:
             unlabeled = getattr(self, "unlabeled_random", None)  # semi-supervised trainers: their unlabeled stream
             if unlabeled is not None:
                 unlabeled.reseed(stream_seed(self.budget_seed + 2, stream))
+        if self.labeled_region_shift:
+            self.labeled_shift = labeled_region_shift(self)
+            self.print_to_log_file(f"Labeled region shift: each ground-truth structure's intensity shifted by up to "
+                                   f"{self.labeled_region_shift} (p {self.labeled_shift[0].settings.p_per_class} "
+                                   f"per class)")
+
+    def train_step(self, batch: dict) -> dict:
+        if self.labeled_shift is not None:
+            batch = shift_labeled_batch(batch, *self.labeled_shift)
+        return parent.train_step(self, batch)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
@@ -167,6 +209,7 @@ def _with_budget(parent: type) -> type:
 
     name = parent.__name__ + "Budget"
     return type(name, (parent,), {"__init__": __init__, "initialize": initialize, "on_train_start": on_train_start,
+                                  "train_step": train_step,
                                   "configure_rotation_dummyDA_mirroring_and_inital_patch_size":
                                       configure_rotation_dummyDA_mirroring_and_inital_patch_size,
                                   "on_epoch_end": on_epoch_end,

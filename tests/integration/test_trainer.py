@@ -1,5 +1,6 @@
 """nnUNetTrainerMeanTeacher in-process: one real train step on the phantom, the EMA, the checkpoint, refusals."""
 import copy
+import math
 import os
 
 import pytest
@@ -310,10 +311,12 @@ def test_a_shared_seed_makes_burn_in_repeat_plain_nnunet_step_for_step(phantom_w
 def test_after_burn_in_a_shared_seed_still_draws_plain_nnunets_labeled_batches(phantom_with_pool, monkeypatch):
     """The unlabeled batches and perturbations come from their own stream, so Mean Teacher is paired with plain
     nnU-Net batch for batch after burn-in too (with nnUNet_n_proc_DA=0 both loaders share one process). PIC
-    trainers cannot be: they mirror after the mix, so their labeled loader makes no mirroring draws."""
+    trainers cannot be: they mirror after the mix, so their labeled loader makes no mirroring draws. The labeled
+    region shift draws from a stream of its own too."""
     monkeypatch.setenv("DINOMIX_SEED", "3")
     plain = _seeded_steps("nnUNetTrainerBudget", steps=3)[3]
-    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"burn_in_fraction": 0}')  # unlabeled batches from step 0 on
+    # unlabeled batches from step 0 on
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"burn_in_fraction": 0, "labeled_region_shift": 1.0}')
     mean_teacher = _seeded_steps("nnUNetTrainerMeanTeacherBudget", steps=3)[3]
     assert all(torch.equal(a, b) for a, b in zip(plain, mean_teacher))
     assert not torch.equal(plain[0], plain[1])  # the comparison can fail: the batches differ step to step
@@ -363,13 +366,18 @@ def _mirror_axes_of(augmenter):
 
 def test_only_mirror_axes_restricts_the_loaders_the_mixer_and_test_time_mirroring(phantom_with_pool, monkeypatch):
     """As nnU-Net's nnUNetTrainer_onlyMirror01 does for left/right labels, and for a mixing trainer too: its
-    mixer, which takes mirroring over from the loaders, gets the restricted axes, not nnU-Net's."""
+    mixer, which takes mirroring over from the loaders, gets the restricted axes, not nnU-Net's. The plain trainer
+    also checks the labeled region shift: it reaches plain nnU-Net's train_step."""
     with started_trainer("nnUNetTrainerBudget") as t:
         assert _mirror_axes_of(t.dataloader_train) == [(0, 1, 2)]  # the check can fail: nnU-Net's default
-    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"only_mirror_axes": [0, 1]}')
+        assert t.labeled_shift is None
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"only_mirror_axes": [0, 1], "labeled_region_shift": 0.5}')
     with started_trainer("nnUNetTrainerBudget") as t:
         assert _mirror_axes_of(t.dataloader_train) == [(0, 1)]
         assert t.inference_allowed_mirroring_axes == (0, 1)
+        assert t.labeled_shift[0].settings.shift == 0.5 and t.labeled_shift[0].num_classes == 9
+        assert math.isfinite(float(t.train_step(next(t.dataloader_train))["loss"]))
+    monkeypatch.setenv("DINOMIX_TRAINER_SETTINGS", '{"only_mirror_axes": [0, 1]}')
     with started_trainer("nnUNetTrainerDinoMixNoFKDBudget") as t:
         assert t.mixer.mirror_axes == (0, 1)
         assert _mirror_axes_of(t.dataloader_train) == [] and _mirror_axes_of(t.dataloader_unlabeled) == []

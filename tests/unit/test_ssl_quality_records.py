@@ -115,3 +115,16 @@ def test_the_anchor_trains_with_its_references_settings():
                                                                '{"only_mirror_axes": [0, 1]}')
     assert (anchor.dataset, anchor.seed, anchor.start_from) == (ssl_quality.ANCHOR_DATASET, 3, reference)
     assert ssl_quality.anchor_run(ssl_quality.Run("plain", "nnUNetTrainerBudget", None, 990, 1)).settings is None
+
+
+def test_a_lone_reference_trains_first_on_all_the_cores():
+    # a run waiting for the reference's snapshot would hold a worker (and its cores) idle for half a run
+    Run = ssl_quality.Run
+    ref = Run("plain", "nnUNetTrainerBudget", None, ssl_quality.DATASET, 1)
+    resumed = [Run(label, "nnUNetTrainerBudget", None, ssl_quality.DATASET, 1, start_from=ref) for label in "ab"]
+    assert ssl_quality.stages(resumed + [ref], jobs=2) == [([ref], 1), (resumed, 2)]
+    upper = Run(ssl_quality.UPPER, "nnUNetTrainerBudget", None, ssl_quality.FULL_DATASET, 1)
+    assert ssl_quality.stages([ref, upper] + resumed, jobs=2) == [([ref, upper] + resumed, 2)]  # nothing idles
+    assert ssl_quality.stages([ref] + resumed, jobs=1) == [([ref] + resumed, 1)]
+    ref.reused = {"label": "plain"}  # --reference-from: nothing to train before the resumed runs
+    assert ssl_quality.stages(resumed + [ref], jobs=2) == [([ref] + resumed, 2)]
