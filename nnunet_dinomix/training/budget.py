@@ -117,6 +117,12 @@ def apply_budget_from_env(trainer) -> None:
                               f"iterations ({trainer.num_val_iterations_per_epoch} validation iterations per epoch)")
 
 
+def stream_index(trainer) -> int:
+    """Which stream of random numbers ``trainer`` draws from: one per DDP rank, and per ``random_stream`` a
+    disjoint set of them (ranks stay below 1000)."""
+    return trainer.local_rank + 1000 * int(trainer.random_stream)
+
+
 def labeled_region_shift(trainer) -> Tuple[RegionIntensityShift, RandomStream]:
     """The shift of ``trainer.labeled_region_shift`` and its private stream (seeded like the batches: from
     ``DINOMIX_SEED``, the DDP rank and ``random_stream``)."""
@@ -125,8 +131,7 @@ def labeled_region_shift(trainer) -> Tuple[RegionIntensityShift, RandomStream]:
                            f"trains on regions here. Leave labeled_region_shift unset for region-based datasets.")
     shift = RegionIntensityShift(trainer.label_manager.num_segmentation_heads,
                                  RegionShiftSettings(float(trainer.labeled_region_shift)))
-    stream = trainer.local_rank + 1000 * int(trainer.random_stream)
-    return shift, RandomStream(stream_seed((trainer.budget_seed or 0) + 3, stream))
+    return shift, RandomStream(stream_seed((trainer.budget_seed or 0) + 3, stream_index(trainer)))
 
 
 def shift_labeled_batch(batch: dict, shift: RegionIntensityShift, stream: RandomStream) -> dict:
@@ -168,7 +173,7 @@ def _with_budget(parent: type) -> type:
     def on_train_start(self):
         parent.on_train_start(self)
         if self.budget_seed is not None:  # the same batches, whatever the set-up drew before; per DDP rank its own
-            stream = self.local_rank + 1000 * int(self.random_stream)
+            stream = stream_index(self)
             seed_everything(self.budget_seed + 1, stream=stream)
             unlabeled = getattr(self, "unlabeled_random", None)  # semi-supervised trainers: their unlabeled stream
             if unlabeled is not None:
