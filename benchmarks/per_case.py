@@ -81,8 +81,16 @@ def main(argv=None) -> int:
     unknown = [c for c in args.classes if c not in dataset_json["labels"]]
     if unknown:
         p.error(f"not in dataset.json's labels: {', '.join(unknown)}; it has {', '.join(dataset_json['labels'])}")
+    ending = dataset_json["file_ending"]
+    tests = [os.path.basename(f)[:-len(ending)]
+             for f in glob.glob(os.path.join(args.dataset, "labelsTs", f"*{ending}"))]
+    for folder in args.predictions:
+        missing = sorted(c for c in tests if not os.path.isfile(os.path.join(folder, c + ending)))
+        if missing:
+            p.error(f"{folder} lacks the predictions of {len(missing)} of the {len(tests)} test cases (e.g. "
+                    f"{missing[0]}{ending}): give the folder nnUNetv2_predict wrote them to")
     for c in args.classes:
-        print(table(args.dataset, args.predictions, c, int(dataset_json["labels"][c]), dataset_json["file_ending"]))
+        print(table(args.dataset, args.predictions, c, int(dataset_json["labels"][c]), ending))
         print()
     return 0
 

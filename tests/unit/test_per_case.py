@@ -47,3 +47,7 @@ def test_per_case_dice_intensity_and_difference_to_the_pair(tmp_path, capsys):
     assert "| c1 | - | - | 0.0 |" in out
     with pytest.raises(SystemExit):
         per_case.main([str(root), pair, "--classes", "kidney"])
+    os.remove(os.path.join(model, "c1.nii.gz"))  # a folder without every test case's prediction: named, not a crash
+    with pytest.raises(SystemExit):
+        per_case.main([str(root), pair, model, "--classes", "organ"])
+    assert "model lacks the predictions of 1 of the 2 test cases (e.g. c1.nii.gz)" in capsys.readouterr().err
