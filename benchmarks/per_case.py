@@ -34,11 +34,16 @@ def dice(prediction: np.ndarray, truth: np.ndarray, value: int) -> float:
     return float("nan") if total == 0 else 200.0 * float((p & t).sum()) / total
 
 
+def case_names(dataset: str, labels: str, ending: str) -> List[str]:
+    """The cases of a split: its label files' names, sorted."""
+    return sorted(os.path.basename(f)[:-len(ending)] for f in glob.glob(os.path.join(dataset, labels, f"*{ending}")))
+
+
 def cases(dataset: str, images: str, labels: str, ending: str) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
     """(case, channel 0 image, label map) for every label file of a split, each file read once."""
-    for path in sorted(glob.glob(os.path.join(dataset, labels, f"*{ending}"))):
-        case = os.path.basename(path)[:-len(ending)]
-        yield case, read(os.path.join(dataset, images, f"{case}_0000{ending}")), read(path)
+    for case in case_names(dataset, labels, ending):
+        yield (case, read(os.path.join(dataset, images, f"{case}_0000{ending}")),
+               read(os.path.join(dataset, labels, case + ending)))
 
 
 def mean_intensity(image: np.ndarray, truth: np.ndarray, value: int) -> Optional[float]:
@@ -82,10 +87,9 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"not in dataset.json's labels: {', '.join(unknown)}; it has {', '.join(dataset_json['labels'])}")
     ending = dataset_json["file_ending"]
-    tests = [os.path.basename(f)[:-len(ending)]
-             for f in glob.glob(os.path.join(args.dataset, "labelsTs", f"*{ending}"))]
+    tests = case_names(args.dataset, "labelsTs", ending)
     for folder in args.predictions:
-        missing = sorted(c for c in tests if not os.path.isfile(os.path.join(folder, c + ending)))
+        missing = [c for c in tests if not os.path.isfile(os.path.join(folder, c + ending))]
         if missing:
             p.error(f"{folder} lacks the predictions of {len(missing)} of the {len(tests)} test cases (e.g. "
                     f"{missing[0]}{ending}): give the folder nnUNetv2_predict wrote them to")
